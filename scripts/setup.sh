@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what is missing (Debian packages, npm packages) and builds. Idempotent: a second run only
+# checks. Needs root for apt (CI and the README's commands run as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the build, the tests and the examples use.
+PKGS=(g++ make python3 pkg-config git)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "[setup] apt-get install ${missing[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "[setup] missing packages need root: sudo $0" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); if (a<20||(a===20&&b<15)) { console.error("[setup] Node.js >= 20.15 is needed, this is "+process.version); process.exit(1) }'
+
+# npm packages: reinstall only when the lock file changed since the last install.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "[setup] npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# Native addon (node-gyp) and TypeScript.
+if [ ! -f build/Release/cubefs_native.node ] || [ -n "$(find native binding.gyp -newer build/Release/cubefs_native.node -print -quit)" ]; then
+  echo "[setup] building native addon"
+  npx --no-install node-gyp rebuild --silent >/dev/null
+fi
+echo "[setup] compiling TypeScript"
+npx --no-install tsc -p tsconfig.json
+echo "[setup] ready"
