@@ -1,0 +1,363 @@
+/**
+ * The embedded DataNode: upstream's data packet protocol over TCP (datanode/wrap_operator.go semantics).
+ *
+ * One PacketServer; partitions come from the master's CreateDataPartition (0x60) and are reported by
+ * DataNodeHeartbeat (0x63). Each partition is an ExtentStore under dir/<partition>/.
+ *
+ * Replication: a request whose RemainingFollowers > 0 and whose Arg names followers ("h:p/h:p/") is a
+ * leader request. The leader checks it, forwards a copy (Arg empty, RemainingFollowers 0, as upstream's
+ * leader does in the capture; for tiny writes with the chosen extent and offset filled in) to every
+ * follower in parallel over pooled connections, persists locally, and answers Ok only when all three
+ * have persisted. Any follower failure answers IntraGroupNet naming the follower. Replies leave in
+ * request order per connection (PacketServer).
+ *
+ * Valid replies per op: CreateExtent Ok(ExtentID) | NotExist | DiskNoSpace | IntraGroupNet | Err;
+ * Write/SyncWrite/RandomWrite/SyncRandomWrite Ok | NotExist | DiskNoSpace | IntraGroupNet | Err;
+ * Read/StreamRead several Ok packets of <= 128 KiB (etype 0x01, koff 0) | NotExist | Err;
+ * MarkDelete Ok | NotExist. Capacity is checked before anything is written or forwarded, so a
+ * DiskNoSpace never leaves a half-acknowledged write.
+ */
+import fsp from 'node:fs/promises';
+import { crc32, ExtentType, MAX_PACKET_DATA, newReply, Op, Result, type Packet } from '../proto/index.js';
+import { PacketServer, type RequestContext } from '../transport/server.js';
+import { ConnPool } from '../transport/tcp.js';
+import { logger } from '../util/log.js';
+import { EXTENT_SIZE_LIMIT, ExtentNotExist, ExtentStore, isTinyExtent } from './extent-store.js';
+
+const log = logger('datanode');
+
+/** Largest read one request may ask for; the reply is cut into <= 128 KiB packets. */
+const MAX_READ_REQUEST = 16 * 1024 * 1024;
+const NO_TINY_TEXT = 'GetAvailableTinyExtent error no available extent';
+
+export interface DataNodeOptions {
+  dir: string;
+  /** "host:port"; default "127.0.0.1:0". */
+  listen?: string;
+  /** Bytes this node may hold in extents; default: the free space of the disk under dir at start. */
+  capacityBytes?: number;
+  /** Serve tiny extents (ExtentID 0 writes); off answers DiskNoSpace as a fresh upstream node did. */
+  tinyExtents?: boolean;
+  /** Deadline for a forwarded request to a follower. */
+  forwardTimeoutMs?: number;
+}
+
+export interface DataNodeStats {
+  partitions: number;
+  extents: number;
+  usedBytes: number;
+  capacityBytes: number;
+  requests: number;
+  writes: number;
+  reads: number;
+  forwarded: number;
+  errors: number;
+}
+
+interface CreateDataPartitionReq {
+  VolName: string;
+  PartitionID: number;
+  Hosts: string[];
+}
+
+class NoSpace extends Error {}
+
+export class DataNode {
+  private readonly opts: DataNodeOptions;
+  private server: PacketServer | null = null;
+  private pool: ConnPool | null = null;
+  private readonly parts = new Map<number, ExtentStore>();
+  private address = '';
+  private capacity = 0;
+  /** Bytes reserved by writes between the capacity check and the store's size update. */
+  private reserved = 0;
+  private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0 };
+  private readonly tiny: boolean;
+
+  constructor(opts: DataNodeOptions) {
+    this.opts = opts;
+    this.tiny = opts.tinyExtents ?? true;
+  }
+
+  get addr(): string {
+    return this.address;
+  }
+
+  get stats(): DataNodeStats {
+    let extents = 0;
+    for (const p of this.parts.values()) extents += p.extentCount;
+    return { partitions: this.parts.size, extents, usedBytes: this.used(), capacityBytes: this.capacity, ...this.counters };
+  }
+
+  /** Directory of a partition's extent files (tests compare replicas through it). */
+  extentPath(partitionId: number, extentId: number): string | undefined {
+    return this.parts.get(partitionId)?.file(extentId);
+  }
+
+  async start(): Promise<string> {
+    if (this.server) return this.address;
+    await fsp.mkdir(this.opts.dir, { recursive: true });
+    for (const name of await fsp.readdir(this.opts.dir)) {
+      if (!/^\d+$/.test(name)) continue;
+      try {
+        const st = await ExtentStore.open(this.opts.dir, { VolName: '', PartitionID: Number(name), Hosts: [] }, false);
+        this.parts.set(st.meta.PartitionID, st);
+      } catch (e) {
+        log('partition %s not loaded: %s', name, (e as Error).message);
+      }
+    }
+    if (this.opts.capacityBytes !== undefined) this.capacity = this.opts.capacityBytes;
+    else {
+      const s = await fsp.statfs(this.opts.dir);
+      this.capacity = s.bavail * s.bsize + this.used();
+    }
+    this.pool = new ConnPool(4);
+    const server = new PacketServer('datanode', (req, ctx) => this.handle(req, ctx));
+    const { host, port } = parseListen(this.opts.listen ?? '127.0.0.1:0');
+    this.address = await server.listen(host, port);
+    this.server = server;
+    log('datanode %s serving %d partitions from %s', this.address, this.parts.size, this.opts.dir);
+    return this.address;
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = null;
+    await server.close();
+    this.pool?.close();
+    this.pool = null;
+    for (const p of this.parts.values()) await p.close();
+    this.parts.clear();
+  }
+
+  private used(): number {
+    let n = this.reserved;
+    for (const p of this.parts.values()) n += p.used;
+    return n;
+  }
+
+  private async handle(req: Packet, _ctx: RequestContext): Promise<Packet | Packet[] | null> {
+    this.counters.requests++;
+    try {
+      const out = await this.dispatch(req);
+      const list = Array.isArray(out) ? out : [out];
+      if (list.some((p) => p.resultCode !== Result.Ok)) this.counters.errors++;
+      return out;
+    } catch (e) {
+      this.counters.errors++;
+      if (e instanceof ExtentNotExist) return errReply(req, Result.NotExist, e.message);
+      if (e instanceof FollowerError) return errReply(req, Result.IntraGroupNet, `datanode ${this.address}: ${e.message}`);
+      if (e instanceof NoSpace || (e as NodeJS.ErrnoException).code === 'ENOSPC') {
+        return errReply(req, Result.DiskNoSpace, `datanode ${this.address}: no space: ${(e as Error).message}`);
+      }
+      log('%s: op 0x%s failed: %s', this.address, req.opcode.toString(16), (e as Error).message);
+      return errReply(req, Result.Err, `datanode ${this.address}: ${(e as Error).message}`);
+    }
+  }
+
+  private async dispatch(req: Packet): Promise<Packet | Packet[]> {
+    switch (req.opcode) {
+      case Op.CreateDataPartition:
+        return this.createPartition(req);
+      case Op.DataNodeHeartbeat:
+        return this.heartbeat(req);
+    }
+    const part = this.parts.get(req.partitionId);
+    if (!part) return errReply(req, Result.NotExist, `datanode ${this.address}: data partition ${req.partitionId} does not exist`);
+    switch (req.opcode) {
+      case Op.CreateExtent:
+        return this.createExtent(part, req);
+      case Op.Write:
+      case Op.SyncWrite:
+      case Op.RandomWrite:
+      case Op.SyncRandomWrite:
+        return this.write(part, req);
+      case Op.Read:
+      case Op.StreamRead:
+      case Op.StreamFollowerRead:
+        return this.read(part, req);
+      case Op.MarkDelete:
+        return this.markDelete(part, req);
+      default:
+        return errReply(req, Result.Err, `datanode ${this.address}: unsupported opcode 0x${req.opcode.toString(16)}`);
+    }
+  }
+
+  private async createPartition(req: Packet): Promise<Packet> {
+    const body = JSON.parse(req.data.toString('utf8')) as CreateDataPartitionReq;
+    if (!Number.isInteger(body.PartitionID) || body.PartitionID <= 0 || !Array.isArray(body.Hosts)) {
+      return errReply(req, Result.ArgMismatch, 'CreateDataPartition: want {VolName, PartitionID, Hosts[]}');
+    }
+    if (!this.parts.has(body.PartitionID)) {
+      const st = await ExtentStore.open(this.opts.dir, { VolName: body.VolName, PartitionID: body.PartitionID, Hosts: body.Hosts }, true);
+      this.parts.set(body.PartitionID, st);
+    }
+    return newReply(req, Result.Ok);
+  }
+
+  private heartbeat(req: Packet): Packet {
+    const used = this.used();
+    const body = {
+      Total: this.capacity,
+      Used: used,
+      Available: Math.max(0, this.capacity - used),
+      Partitions: [...this.parts.values()].map((p) => ({ PartitionID: p.meta.PartitionID, Used: p.used, ExtentCount: p.extentCount })),
+    };
+    return newReply(req, Result.Ok, Buffer.from(JSON.stringify(body)));
+  }
+
+  private async createExtent(part: ExtentStore, req: Packet): Promise<Packet> {
+    const followers = leaderFollowers(req);
+    if (followers.length === 0) {
+      if (req.extentId === 0) return errReply(req, Result.ArgMismatch, 'CreateExtent on a follower without an extent id');
+      await part.create(req.extentId);
+      return newReply(req, Result.Ok, undefined, { extentId: req.extentId });
+    }
+    if (this.used() >= this.capacity) throw new NoSpace(`used ${this.used()} of ${this.capacity} bytes`);
+    const id = await part.allocExtentId();
+    const fwd = { ...req, extentId: id, arg: Buffer.alloc(0), remainingFollowers: 0 };
+    await Promise.all([part.create(id), this.forward(followers, fwd)]);
+    return newReply(req, Result.Ok, undefined, { extentId: id });
+  }
+
+  private async write(part: ExtentStore, req: Packet): Promise<Packet> {
+    this.counters.writes++;
+    const data = req.data;
+    if (data.length !== req.size) return errReply(req, Result.Err, `write size ${req.size} but ${data.length} data bytes`);
+    const crc = crc32(data);
+    if (crc !== req.crc >>> 0) {
+      return errReply(req, Result.Err, `datanode ${this.address}: crc mismatch: packet 0x${(req.crc >>> 0).toString(16)}, data 0x${crc.toString(16)}`);
+    }
+    const random = req.opcode === Op.RandomWrite || req.opcode === Op.SyncRandomWrite;
+    const sync = req.opcode === Op.SyncWrite || req.opcode === Op.SyncRandomWrite;
+    const followers = leaderFollowers(req);
+    let extentId = req.extentId;
+    let extentOffset = req.extentOffset;
+    const tinyAlloc = !random && extentId === 0 && !(req.extentType & ExtentType.Normal);
+    if (tinyAlloc) {
+      if (followers.length === 0) return errReply(req, Result.ArgMismatch, 'tiny write without an extent id on a follower');
+      if (!this.tiny) return errReply(req, Result.DiskNoSpace, NO_TINY_TEXT);
+    } else {
+      if (extentOffset < 0) return errReply(req, Result.ArgMismatch, `negative extent offset ${extentOffset}`);
+      if (!part.has(extentId) && !isTinyExtent(extentId)) throw new ExtentNotExist(extentId);
+      if (extentOffset + data.length > EXTENT_SIZE_LIMIT) {
+        return errReply(req, Result.Err, `extent ${extentId}: write [${extentOffset}, ${extentOffset + data.length}) exceeds the extent size limit ${EXTENT_SIZE_LIMIT}`);
+      }
+      if (random && extentOffset + data.length > (part.sizeOf(extentId) ?? 0)) {
+        return errReply(req, Result.Err, `extent ${extentId}: random write [${extentOffset}, ${extentOffset + data.length}) outside the extent (size ${part.sizeOf(extentId) ?? 0})`);
+      }
+    }
+    const growth = tinyAlloc ? data.length + 4095 : part.growth(extentId, extentOffset, data.length);
+    if (growth > 0 && this.used() + growth > this.capacity) {
+      return errReply(req, Result.DiskNoSpace, `datanode ${this.address}: disk full: ${this.used()} of ${this.capacity} bytes used, write needs ${growth} more`);
+    }
+    if (tinyAlloc) {
+      try {
+        ({ id: extentId, offset: extentOffset } = part.reserveTiny(data.length));
+      } catch (e) {
+        return errReply(req, Result.DiskNoSpace, (e as Error).message);
+      }
+    }
+    this.reserved += growth;
+    try {
+      const local = part.write(extentId, extentOffset, data, sync);
+      if (followers.length > 0) {
+        const fwd: Packet = { ...req, extentId, extentOffset, arg: Buffer.alloc(0), remainingFollowers: 0 };
+        await Promise.all([local, this.forward(followers, fwd)]);
+      } else {
+        await local;
+      }
+    } finally {
+      this.reserved -= growth;
+    }
+    return newReply(req, Result.Ok, undefined, { extentId, extentOffset, remainingFollowers: req.remainingFollowers });
+  }
+
+  private async read(part: ExtentStore, req: Packet): Promise<Packet | Packet[]> {
+    this.counters.reads++;
+    const size = part.sizeOf(req.extentId);
+    if (size === undefined) throw new ExtentNotExist(req.extentId);
+    const want = req.size;
+    if (want <= 0 || want > MAX_READ_REQUEST || req.extentOffset < 0) {
+      return errReply(req, Result.ArgMismatch, `bad read: offset ${req.extentOffset} size ${want} (at most ${MAX_READ_REQUEST})`);
+    }
+    if (req.extentOffset + want > size) {
+      return errReply(req, Result.Err, `extent ${req.extentId}: read [${req.extentOffset}, ${req.extentOffset + want}) past its end ${size}`);
+    }
+    const buf = await part.read(req.extentId, req.extentOffset, want);
+    const out: Packet[] = [];
+    for (let o = 0; o < want; o += MAX_PACKET_DATA) {
+      const chunk = buf.subarray(o, Math.min(want, o + MAX_PACKET_DATA));
+      out.push(newReply(req, Result.Ok, chunk, {
+        extentType: ExtentType.Normal,
+        extentOffset: req.extentOffset + o,
+        kernelOffset: 0,
+        crc: crc32(chunk),
+        remainingFollowers: 0,
+      }));
+    }
+    return out;
+  }
+
+  private async markDelete(part: ExtentStore, req: Packet): Promise<Packet> {
+    let off = req.extentOffset;
+    let len = 0;
+    if (isTinyExtent(req.extentId) && req.data.length > 0) {
+      try {
+        const ek = JSON.parse(req.data.toString('utf8')) as { ExtentOffset?: number; Size?: number };
+        off = ek.ExtentOffset ?? off;
+        len = ek.Size ?? 0;
+      } catch {
+        return errReply(req, Result.ArgMismatch, 'MarkDelete: tiny extent key is not JSON');
+      }
+    }
+    if (!part.has(req.extentId)) return errReply(req, Result.NotExist, `extent ${req.extentId} does not exist`);
+    const followers = leaderFollowers(req);
+    const local = part.markDelete(req.extentId, off, len);
+    if (followers.length > 0) await Promise.all([local, this.forward(followers, { ...req, arg: Buffer.alloc(0), remainingFollowers: 0 })]);
+    else await local;
+    return newReply(req, Result.Ok);
+  }
+
+  /** Send `fwd` to every follower; rejects naming the first follower that did not persist it. */
+  private async forward(followers: string[], fwd: Packet): Promise<void> {
+    const pool = this.pool;
+    if (!pool) throw new Error('datanode stopped');
+    this.counters.forwarded += followers.length;
+    const timeoutMs = this.opts.forwardTimeoutMs ?? 10_000;
+    const results = await Promise.allSettled(followers.map((f) => pool.request(f, { ...fwd }, { timeoutMs })));
+    for (let i = 0; i < followers.length; i++) {
+      const r = results[i]!;
+      if (r.status === 'rejected') throw new FollowerError(followers[i]!, (r.reason as Error).message);
+      if (r.value.resultCode !== Result.Ok) {
+        const text = r.value.data.toString('utf8');
+        if (r.value.resultCode === Result.DiskNoSpace) throw new NoSpace(`follower ${followers[i]}: ${text}`);
+        throw new FollowerError(followers[i]!, `result 0x${r.value.resultCode.toString(16)} ${text}`);
+      }
+    }
+  }
+}
+
+class FollowerError extends Error {
+  constructor(readonly follower: string, detail: string) {
+    super(`follower ${follower}: ${detail}`);
+  }
+}
+
+/** Followers named in a leader request's Arg; none for a follower request. */
+function leaderFollowers(req: Packet): string[] {
+  if (req.remainingFollowers === 0 || req.arg.length === 0) return [];
+  return req.arg.toString('utf8').split('/').filter((s) => s.length > 0);
+}
+
+function errReply(req: Packet, rc: number, text: string): Packet {
+  return newReply(req, rc, Buffer.from(text));
+}
+
+function parseListen(s: string): { host: string; port: number } {
+  const i = s.lastIndexOf(':');
+  const port = Number(s.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`bad listen address "${s}" (want HOST:PORT)`);
+  return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}

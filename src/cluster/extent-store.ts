@@ -1,0 +1,238 @@
+/**
+ * Extent files of one data partition on disk: dir/<partition>/<extentId>, plus dir/<partition>/meta.json
+ * ({VolName, PartitionID, Hosts, NextExtentId}). Normal extent ids start at 1024 and are never reused:
+ * the next id is persisted (write to a temp file, rename) before an id is handed out. Tiny extents
+ * (ids 1..64) are created on first write; their append cursor is the file size rounded up to 4 KiB, so
+ * it survives a restart without extra metadata.
+ *
+ * Writes are positional (FileHandle.write at an offset) and land in the page cache before the ack, so
+ * acknowledged data survives the death of the process; SyncWrite adds fdatasync.
+ *
+ * Ownership: the store owns its open FileHandles and closes them in close(). Sizes are tracked in memory
+ * (loaded from stat at open) so capacity checks need no syscalls.
+ */
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+
+export const TINY_EXTENT_COUNT = 64;
+export const MIN_NORMAL_EXTENT_ID = 1024;
+export const EXTENT_SIZE_LIMIT = 128 * 1024 * 1024;
+export const TINY_ALIGN = 4096;
+
+export function isTinyExtent(id: number): boolean {
+  return id >= 1 && id <= TINY_EXTENT_COUNT;
+}
+
+export interface PartitionMeta {
+  VolName: string;
+  PartitionID: number;
+  Hosts: string[];
+  NextExtentId: number;
+}
+
+interface Extent {
+  size: number;
+  fh: Promise<fsp.FileHandle> | null;
+}
+
+export class ExtentStore {
+  readonly dir: string;
+  meta: PartitionMeta;
+  private readonly extents = new Map<number, Extent>();
+  /** Tiny extents: next free (4 KiB aligned) offset, reserved synchronously before the write. */
+  private readonly tinyCursor = new Map<number, number>();
+  private tinyNext = 1;
+  private persistChain: Promise<void> = Promise.resolve();
+
+  private constructor(dir: string, meta: PartitionMeta) {
+    this.dir = dir;
+    this.meta = meta;
+  }
+
+  /** Open (or create) the partition directory and load its extents. */
+  static async open(root: string, meta: Omit<PartitionMeta, 'NextExtentId'>, create: boolean): Promise<ExtentStore> {
+    const dir = path.join(root, String(meta.PartitionID));
+    let m: PartitionMeta;
+    try {
+      m = JSON.parse(await fsp.readFile(path.join(dir, 'meta.json'), 'utf8')) as PartitionMeta;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !create) throw e;
+      await fsp.mkdir(dir, { recursive: true });
+      m = { ...meta, NextExtentId: MIN_NORMAL_EXTENT_ID };
+    }
+    const st = new ExtentStore(dir, m);
+    for (const name of await fsp.readdir(dir)) {
+      if (!/^\d+$/.test(name)) continue;
+      const id = Number(name);
+      const s = await fsp.stat(path.join(dir, name));
+      st.extents.set(id, { size: s.size, fh: null });
+      if (isTinyExtent(id)) st.tinyCursor.set(id, alignUp(s.size));
+      else if (id >= st.meta.NextExtentId) st.meta.NextExtentId = id + 1;
+    }
+    await st.persist();
+    return st;
+  }
+
+  get used(): number {
+    let n = 0;
+    for (const e of this.extents.values()) n += e.size;
+    return n;
+  }
+
+  get extentCount(): number {
+    return this.extents.size;
+  }
+
+  has(id: number): boolean {
+    return this.extents.has(id);
+  }
+
+  sizeOf(id: number): number | undefined {
+    return this.extents.get(id)?.size;
+  }
+
+  /** Leader: a fresh normal extent id, persisted before it is returned. */
+  async allocExtentId(): Promise<number> {
+    const id = this.meta.NextExtentId++;
+    await this.persist();
+    return id;
+  }
+
+  /** Create an extent file (idempotent). Followers learn ids from the leader and keep NextExtentId past them. */
+  async create(id: number): Promise<void> {
+    if (!isTinyExtent(id) && id >= this.meta.NextExtentId) {
+      this.meta.NextExtentId = id + 1;
+      await this.persist();
+    }
+    if (this.extents.has(id)) return;
+    const e: Extent = { size: 0, fh: null };
+    this.extents.set(id, e);
+    try {
+      const fh = await fsp.open(this.file(id), fs.constants.O_RDWR | fs.constants.O_CREAT);
+      e.fh = Promise.resolve(fh);
+    } catch (err) {
+      this.extents.delete(id);
+      throw err;
+    }
+  }
+
+  /**
+   * Leader: reserve room for `len` bytes in a tiny extent (round robin over 1..64), appending at a
+   * 4 KiB aligned offset. Throws when every tiny extent is full.
+   */
+  reserveTiny(len: number): { id: number; offset: number } {
+    for (let i = 0; i < TINY_EXTENT_COUNT; i++) {
+      const id = this.tinyNext;
+      this.tinyNext = (this.tinyNext % TINY_EXTENT_COUNT) + 1;
+      const cur = this.tinyCursor.get(id) ?? 0;
+      if (cur + len > EXTENT_SIZE_LIMIT) continue;
+      this.tinyCursor.set(id, alignUp(cur + len));
+      return { id, offset: cur };
+    }
+    throw new Error('GetAvailableTinyExtent error no available extent');
+  }
+
+  /** Bytes a write at [off, off+len) adds to the extent's size. */
+  growth(id: number, off: number, len: number): number {
+    const cur = this.extents.get(id)?.size ?? 0;
+    return Math.max(0, off + len - cur);
+  }
+
+  async write(id: number, off: number, data: Buffer, sync: boolean): Promise<void> {
+    if (isTinyExtent(id) && !this.extents.has(id)) await this.create(id);
+    const e = this.extents.get(id);
+    if (!e) throw new ExtentNotExist(id);
+    const end = off + data.length;
+    const before = e.size;
+    if (end > e.size) e.size = end;
+    if (isTinyExtent(id)) this.tinyCursor.set(id, Math.max(this.tinyCursor.get(id) ?? 0, alignUp(end)));
+    try {
+      const fh = await this.handle(id, e);
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done, off + done);
+        done += bytesWritten;
+      }
+      if (sync) await fh.datasync();
+    } catch (err) {
+      if (e.size === end && before < end) e.size = Math.max(before, await this.statSize(id));
+      throw err;
+    }
+  }
+
+  /** Read [off, off+len) into a new buffer; ranges never written read as zeros. */
+  async read(id: number, off: number, len: number): Promise<Buffer> {
+    const e = this.extents.get(id);
+    if (!e) throw new ExtentNotExist(id);
+    const buf = Buffer.alloc(len);
+    const fh = await this.handle(id, e);
+    let done = 0;
+    while (done < len) {
+      const { bytesRead } = await fh.read(buf, done, len - done, off + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return buf;
+  }
+
+  /** Normal extent: remove it. Tiny extent: zero the range (no hole punching from Node). */
+  async markDelete(id: number, off: number, len: number): Promise<void> {
+    const e = this.extents.get(id);
+    if (!e) return;
+    if (isTinyExtent(id)) {
+      if (len > 0) await this.write(id, off, Buffer.alloc(len), false);
+      return;
+    }
+    this.extents.delete(id);
+    if (e.fh) await (await e.fh).close().catch(() => undefined);
+    await fsp.rm(this.file(id), { force: true });
+  }
+
+  async close(): Promise<void> {
+    await this.persistChain;
+    for (const e of this.extents.values()) {
+      const fh = e.fh;
+      e.fh = null;
+      if (fh) await (await fh).close().catch(() => undefined);
+    }
+  }
+
+  file(id: number): string {
+    return path.join(this.dir, String(id));
+  }
+
+  private handle(id: number, e: Extent): Promise<fsp.FileHandle> {
+    if (!e.fh) e.fh = fsp.open(this.file(id), fs.constants.O_RDWR | fs.constants.O_CREAT);
+    return e.fh;
+  }
+
+  private async statSize(id: number): Promise<number> {
+    try {
+      return (await fsp.stat(this.file(id))).size;
+    } catch {
+      return 0;
+    }
+  }
+
+  /** Serialised so an older snapshot never overwrites a newer one. */
+  private persist(): Promise<void> {
+    const next = this.persistChain.then(async () => {
+      const f = path.join(this.dir, 'meta.json');
+      await fsp.writeFile(f + '.tmp', JSON.stringify(this.meta));
+      await fsp.rename(f + '.tmp', f);
+    });
+    this.persistChain = next.catch(() => undefined);
+    return next;
+  }
+}
+
+export class ExtentNotExist extends Error {
+  constructor(id: number) {
+    super(`extent ${id} does not exist`);
+  }
+}
+
+function alignUp(n: number): number {
+  return Math.ceil(n / TINY_ALIGN) * TINY_ALIGN;
+}
