@@ -1,0 +1,635 @@
+/**
+ * The embedded metanode: one process hosting every meta partition of the embedded cluster, speaking
+ * upstream's metanode protocol (JSON bodies in packets, upstream reply shapes and result codes).
+ *
+ * Requests are handled one at a time against the in-memory state (handlers are synchronous up to the
+ * commit), so each mutation is atomic; its effects are logged before the reply (see meta-store.ts).
+ * Transactions (rename through TxCreate / TxDeleteDentry / TxCreateDentry / TxUpdateDentry / TxCommit)
+ * stage dentry changes and lock their keys; TxCommit applies all staged changes, across partitions, in
+ * one log record. Staged transactions are not durable: a restart rolls them back, as a TM would after
+ * its timeout.
+ *
+ * Valid replies: Ok with upstream's body; NotExist (unknown partition, inode, dentry or transaction),
+ * Exist, NotEmpty, ArgMismatch (malformed body, wrong types), InodeFull, ConflictExtents, TxConflict.
+ */
+import { Op } from '../proto/opcode.js';
+import { Result } from '../proto/result.js';
+import { newReply, type Packet } from '../proto/packet.js';
+import { GO_ZERO_TIME, toRfc3339, type ExtentKey } from '../proto/types.js';
+import { GoMode, isGoDir, isGoRegular } from '../proto/mode.js';
+import { PacketServer } from '../transport/server.js';
+import { splitAddr } from '../transport/tcp.js';
+import { logger } from '../util/log.js';
+import { MetaPartition, MetaStore, type Effect, type InodeRec } from './meta-store.js';
+
+const log = logger('metanode');
+
+export interface MetaNodeOptions {
+  dir: string;
+  /** "host:port"; default "127.0.0.1:0". */
+  listen?: string;
+}
+
+/** A reply with a result code other than Ok. */
+class Reject extends Error {
+  constructor(readonly rc: number, message: string) {
+    super(message);
+  }
+}
+
+type Body = Record<string, unknown>;
+
+interface StagedOp {
+  kind: 'create' | 'delete' | 'update';
+  p: number;
+  pino: number;
+  name: string;
+  ino: number;
+  type: number;
+}
+
+interface TxState {
+  id: string;
+  tmId: number;
+  info: Body;
+  deadline: number;
+  ops: StagedOp[];
+}
+
+const now = (): number => Math.floor(Date.now() / 1000);
+const TX_COMMIT = 1;
+
+export class MetaNode {
+  private readonly store: MetaStore;
+  private readonly server: PacketServer;
+  private readonly listenAddr: string;
+  private address = '';
+  private running = false;
+  private readonly txs = new Map<string, TxState>();
+  /** Dentry key (`pino/name`) -> id of the transaction holding it. */
+  private readonly locks = new Map<string, string>();
+  private txSeq = Date.now();
+
+  constructor(opts: MetaNodeOptions) {
+    this.store = new MetaStore({ dir: opts.dir });
+    this.listenAddr = opts.listen ?? '127.0.0.1:0';
+    this.server = new PacketServer('metanode', (req) => this.handle(req));
+  }
+
+  get addr(): string {
+    return this.address;
+  }
+
+  async start(): Promise<string> {
+    if (this.running) return this.address;
+    this.store.open();
+    const { host, port } = this.listenAddr.endsWith(':0')
+      ? { host: this.listenAddr.slice(0, -2), port: 0 }
+      : splitAddr(this.listenAddr);
+    this.address = await this.server.listen(host, port);
+    this.running = true;
+    log('listening on %s, %d partitions', this.address, this.store.partitions.size);
+    return this.address;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    await this.server.close();
+    await this.store.close();
+  }
+
+  private async handle(req: Packet): Promise<Packet> {
+    try {
+      const out = this.dispatch(req);
+      if (out.effects.length) await this.store.commit(out.effects);
+      const data = out.body === undefined ? undefined : Buffer.from(JSON.stringify(out.body));
+      return newReply(req, Result.Ok, data);
+    } catch (e) {
+      if (e instanceof Reject) return newReply(req, e.rc, Buffer.from(e.message));
+      log('op 0x%s failed: %s', req.opcode.toString(16), (e as Error).stack);
+      return newReply(req, Result.Err, Buffer.from((e as Error).message));
+    }
+  }
+
+  private dispatch(req: Packet): { body?: unknown; effects: Effect[] } {
+    const op = req.opcode;
+    if (op === Op.MetaNodeHeartbeat) return { body: this.heartbeat(), effects: [] };
+    const b = parseBody(req.data);
+    if (op === 0x40) return this.createPartition(b);
+    if (op === Op.TxCommit || op === Op.TxRollback) return this.txApply(req, b);
+    const p = this.store.partitions.get(req.partitionId);
+    if (!p) throw new Reject(Result.NotExist, `meta partition ${req.partitionId} is not hosted on this metanode`);
+    const fx: Effect[] = [];
+    switch (op) {
+      case Op.MetaCreateInode: return { body: this.createInode(p, b, fx), effects: fx };
+      case Op.MetaUnlinkInode: return { body: this.unlinkInode(p, b, fx), effects: fx };
+      case Op.MetaEvictInode: this.evictInode(p, b, fx); return { effects: fx };
+      case Op.MetaLinkInode: return { body: this.linkInode(p, b, fx), effects: fx };
+      case Op.MetaCreateDentry: this.createDentry(p, b, fx); return { effects: fx };
+      case Op.MetaDeleteDentry: return { body: this.deleteDentry(p, b, fx), effects: fx };
+      case Op.MetaUpdateDentry: return { body: this.updateDentry(p, b, fx), effects: fx };
+      case Op.MetaLookup: return { body: this.lookup(p, b), effects: fx };
+      case Op.MetaReadDir: return { body: { children: p.dir(num(b, 'pino'), false)?.list('', 0) ?? [] }, effects: fx };
+      case Op.MetaReadDirLimit: {
+        const d = p.dir(num(b, 'pino'), false);
+        return { body: { children: d?.list(str(b, 'marker', ''), num(b, 'limit', 0)) ?? [] }, effects: fx };
+      }
+      case Op.MetaInodeGet: return { body: { info: inodeInfo(this.inode(p, num(b, 'ino'))) }, effects: fx };
+      case Op.MetaBatchInodeGet: {
+        const inos = b.inos;
+        if (!Array.isArray(inos)) throw new Reject(Result.ArgMismatch, 'inos must be an array');
+        const infos = [];
+        for (const x of inos) {
+          const r = typeof x === 'number' ? p.inodes.get(x) : undefined;
+          if (r) infos.push(inodeInfo(r));
+        }
+        return { body: { infos }, effects: fx };
+      }
+      case Op.MetaSetattr: this.setattr(p, b, fx); return { effects: fx };
+      case Op.MetaTruncate: this.truncate(p, b, fx); return { effects: fx };
+      case Op.MetaSetXAttr: {
+        const r = this.inode(p, num(b, 'ino'));
+        r.xattrs[str(b, 'key')] = str(b, 'val', '');
+        r.ct = now();
+        fx.push({ k: 'I', p: p.id, v: r });
+        return { effects: fx };
+      }
+      case Op.MetaGetXAttr: {
+        const r = this.inode(p, num(b, 'ino'));
+        const key = str(b, 'key');
+        return { body: { vol: p.vol, pid: p.id, ino: r.ino, key, val: r.xattrs[key] ?? '' }, effects: fx };
+      }
+      case Op.MetaListXAttr: {
+        const r = this.inode(p, num(b, 'ino'));
+        return { body: { vol: p.vol, pid: p.id, ino: r.ino, xattrs: Object.keys(r.xattrs) }, effects: fx };
+      }
+      case Op.MetaRemoveXAttr: {
+        const r = this.inode(p, num(b, 'ino'));
+        const key = str(b, 'key');
+        if (key in r.xattrs) {
+          delete r.xattrs[key];
+          r.ct = now();
+          fx.push({ k: 'I', p: p.id, v: r });
+        }
+        return { effects: fx };
+      }
+      case Op.MetaExtentsList: {
+        const r = this.inode(p, num(b, 'ino'));
+        return { body: { gen: r.gen, sz: r.sz, eks: r.eks.length ? r.eks.map(wireEk) : null, layer: null, Status: 0, leaseExpireTime: 0 }, effects: fx };
+      }
+      case Op.MetaExtentAddWithCheck: this.addExtent(p, b, true, fx); return { effects: fx };
+      case Op.MetaExtentsAdd: this.addExtent(p, b, false, fx); return { effects: fx };
+      case Op.MetaGetUniqID: {
+        const n = num(b, 'num', 1);
+        if (n < 1) throw new Reject(Result.ArgMismatch, 'num must be at least 1');
+        const start = p.uniq + 1;
+        p.uniq += n;
+        fx.push({ k: 'C', p: p.id, cursor: p.cursor, uniq: p.uniq });
+        return { body: { start }, effects: fx };
+      }
+      case Op.MetaRenewalForbiddenMigration: return { effects: fx };
+      case Op.MetaTxCreate: return { body: this.txCreate(p, b), effects: fx };
+      case Op.MetaTxCreateDentry: return { body: this.txDentry(p, b, 'create'), effects: fx };
+      case Op.MetaTxDeleteDentry: return { body: this.txDentry(p, b, 'delete'), effects: fx };
+      case Op.MetaTxUpdateDentry: return { body: this.txDentry(p, b, 'update'), effects: fx };
+      default:
+        throw new Reject(Result.ArgMismatch, `opcode 0x${op.toString(16)} is not served by this metanode`);
+    }
+  }
+
+  // --- admin ---
+
+  private createPartition(b: Body): { effects: Effect[] } {
+    const id = num(b, 'PartitionID');
+    const start = num(b, 'Start');
+    const end = num(b, 'End');
+    const vol = str(b, 'VolName');
+    const members = Array.isArray(b.Members) ? b.Members.map(String) : [];
+    if (end <= start) throw new Reject(Result.ArgMismatch, `bad range [${start}, ${end}]`);
+    const have = this.store.partitions.get(id);
+    if (have) {
+      if (have.vol !== vol || have.start !== start) throw new Reject(Result.Exist, `meta partition ${id} exists with another volume or range`);
+      return { effects: [] };
+    }
+    const fx: Effect[] = [{ k: 'P', id, vol, start, end, members }];
+    if (start === 0) {
+      const t = now();
+      fx.push({ k: 'I', p: id, v: newInode(1, GoMode.Dir + 0o777, 0, 0, null, t) });
+      fx.push({ k: 'C', p: id, cursor: 1, uniq: 0 });
+    }
+    return { effects: fx };
+  }
+
+  private heartbeat(): unknown {
+    const Partitions = [];
+    for (const p of this.store.partitions.values()) {
+      let used = 0;
+      for (const r of p.inodes.values()) if (isGoRegular(r.mode)) used += r.sz;
+      Partitions.push({ PartitionID: p.id, InodeCount: p.inodes.size, DentryCount: p.dentryCount, MaxInodeID: p.cursor, UsedSize: used });
+    }
+    return { Partitions };
+  }
+
+  // --- inodes ---
+
+  private inode(p: MetaPartition, ino: number): InodeRec {
+    const r = p.inodes.get(ino);
+    if (!r) throw new Reject(Result.NotExist, `inode ${ino} not found in meta partition ${p.id}`);
+    return r;
+  }
+
+  private createInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+    const mode = num(b, 'mode');
+    const tgt = b.tgt === null || b.tgt === undefined ? null : str(b, 'tgt');
+    if (p.full) throw new Reject(Result.InodeFull, `meta partition ${p.id} has no free inode numbers`);
+    const ino = p.cursor + 1;
+    const r = newInode(ino, mode, num(b, 'uid', 0), num(b, 'gid', 0), tgt, now());
+    fx.push({ k: 'I', p: p.id, v: r }, { k: 'C', p: p.id, cursor: ino, uniq: p.uniq });
+    return { info: inodeInfo(r) };
+  }
+
+  private unlinkInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+    const r = this.inode(p, num(b, 'ino'));
+    const uid = num(b, 'uid', 0);
+    if (uid !== 0 && p.seenUniq.has(uid)) return { info: inodeInfo(r) };
+    if (isGoDir(r.mode)) {
+      r.nlink = r.nlink - 1 < 2 ? 0 : r.nlink - 1;
+    } else if (r.nlink > 0) {
+      r.nlink--;
+    }
+    r.ct = now();
+    fx.push({ k: 'I', p: p.id, v: r });
+    if (uid !== 0) fx.push({ k: 'U', p: p.id, id: uid });
+    return { info: inodeInfo(r) };
+  }
+
+  private evictInode(p: MetaPartition, b: Body, fx: Effect[]): void {
+    const r = this.inode(p, num(b, 'ino'));
+    if (r.nlink === 0) fx.push({ k: 'i', p: p.id, ino: r.ino });
+  }
+
+  private linkInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+    const r = this.inode(p, num(b, 'ino'));
+    if (r.nlink === 0) throw new Reject(Result.NotExist, `inode ${r.ino} is unlinked`);
+    r.nlink++;
+    r.ct = now();
+    fx.push({ k: 'I', p: p.id, v: r });
+    return { info: inodeInfo(r) };
+  }
+
+  private setattr(p: MetaPartition, b: Body, fx: Effect[]): void {
+    const r = this.inode(p, num(b, 'ino'));
+    const valid = num(b, 'valid', 0);
+    if (valid & 1) r.mode = r.mode - permBits(r.mode) + permBits(num(b, 'mode'));
+    if (valid & 2) r.uid = num(b, 'uid');
+    if (valid & 4) r.gid = num(b, 'gid');
+    if (valid & 8) r.mt = num(b, 'mt');
+    if (valid & 16) r.at = num(b, 'at');
+    r.ct = now();
+    fx.push({ k: 'I', p: p.id, v: r });
+  }
+
+  private truncate(p: MetaPartition, b: Body, fx: Effect[]): void {
+    const r = this.inode(p, num(b, 'ino'));
+    if (!isGoRegular(r.mode)) throw new Reject(Result.ArgMismatch, `inode ${r.ino} is not a regular file`);
+    const sz = num(b, 'sz');
+    const eks: ExtentKey[] = [];
+    for (const k of r.eks) {
+      if (k.FileOffset >= sz) continue;
+      if (k.FileOffset + k.Size > sz) eks.push({ ...k, Size: sz - k.FileOffset });
+      else eks.push(k);
+    }
+    r.eks = eks;
+    r.sz = sz;
+    r.gen++;
+    r.mt = r.ct = now();
+    fx.push({ k: 'I', p: p.id, v: r });
+  }
+
+  private addExtent(p: MetaPartition, b: Body, check: boolean, fx: Effect[]): void {
+    const r = this.inode(p, num(b, 'ino'));
+    const ek = parseEk(b.ek);
+    const dek = check && Array.isArray(b.dek) ? b.dek.map(parseEk) : [];
+    if (ek.Size <= 0) throw new Reject(Result.ArgMismatch, 'extent key size must be positive');
+    const same = r.eks.some((k) => k.FileOffset === ek.FileOffset && k.PartitionId === ek.PartitionId && k.ExtentId === ek.ExtentId &&
+      k.ExtentOffset === ek.ExtentOffset && k.Size === ek.Size);
+    if (!same) {
+      const { eks, removed } = insertExtent(r.eks, ek);
+      if (dek.length > 0) {
+        const match = removed.length === dek.length && removed.every((k, i) => {
+          const d = dek[i]!;
+          return k.PartitionId === d.PartitionId && k.ExtentId === d.ExtentId && k.ExtentOffset === d.ExtentOffset;
+        });
+        if (!match) throw new Reject(Result.ConflictExtents, `inode ${r.ino}: discarded extents do not match the stored ones`);
+      }
+      r.eks = eks;
+    }
+    r.sz = Math.max(r.sz, ek.FileOffset + ek.Size);
+    r.gen++;
+    r.mt = r.ct = now();
+    fx.push({ k: 'I', p: p.id, v: r });
+  }
+
+  // --- dentries ---
+
+  private parentDir(p: MetaPartition, pino: number): InodeRec {
+    const par = p.inodes.get(pino);
+    if (!par || par.nlink === 0) throw new Reject(Result.NotExist, `parent inode ${pino} not found in meta partition ${p.id}`);
+    if (!isGoDir(par.mode)) throw new Reject(Result.ArgMismatch, `parent inode ${pino} is not a directory`);
+    return par;
+  }
+
+  private checkUnlocked(pino: number, name: string): void {
+    const id = this.locks.get(lockKey(pino, name));
+    if (id === undefined) return;
+    const tx = this.txs.get(id);
+    if (tx && tx.deadline > Date.now()) throw new Reject(Result.TxConflict, `dentry ${pino}/${name} is held by transaction ${id}`);
+    if (tx) this.dropTx(tx);
+    else this.locks.delete(lockKey(pino, name));
+  }
+
+  private createDentry(p: MetaPartition, b: Body, fx: Effect[]): void {
+    const pino = num(b, 'pino');
+    const name = dentryName(b);
+    const ino = num(b, 'ino');
+    const type = num(b, 'mode');
+    const par = this.parentDir(p, pino);
+    this.checkUnlocked(pino, name);
+    const have = p.dir(pino, false)?.get(name);
+    if (have) {
+      if (have.ino === ino) return;
+      throw new Reject(Result.Exist, `dentry ${pino}/${name} exists`);
+    }
+    this.putDentry(p, par, pino, name, ino, type, fx);
+  }
+
+  private putDentry(p: MetaPartition, par: InodeRec, pino: number, name: string, ino: number, type: number, fx: Effect[]): void {
+    par.nlink++;
+    par.mt = par.ct = now();
+    fx.push({ k: 'D', p: p.id, pino, name, ino, type }, { k: 'I', p: p.id, v: par });
+  }
+
+  private dropDentry(p: MetaPartition, pino: number, name: string, fx: Effect[]): void {
+    fx.push({ k: 'd', p: p.id, pino, name });
+    const par = p.inodes.get(pino);
+    if (par) {
+      if (par.nlink > 2) par.nlink--;
+      par.mt = par.ct = now();
+      fx.push({ k: 'I', p: p.id, v: par });
+    }
+  }
+
+  private deleteDentry(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+    const pino = num(b, 'pino');
+    const name = str(b, 'name');
+    const have = p.dir(pino, false)?.get(name);
+    if (!have) throw new Reject(Result.NotExist, `dentry ${pino}/${name} not found`);
+    this.checkUnlocked(pino, name);
+    this.dropDentry(p, pino, name, fx);
+    return { ino: have.ino };
+  }
+
+  private updateDentry(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+    const pino = num(b, 'pino');
+    const name = str(b, 'name');
+    const ino = num(b, 'ino');
+    const have = p.dir(pino, false)?.get(name);
+    if (!have) throw new Reject(Result.NotExist, `dentry ${pino}/${name} not found`);
+    this.checkUnlocked(pino, name);
+    fx.push({ k: 'D', p: p.id, pino, name, ino, type: have.type });
+    const par = p.inodes.get(pino);
+    if (par) {
+      par.mt = par.ct = now();
+      fx.push({ k: 'I', p: p.id, v: par });
+    }
+    return { ino: have.ino };
+  }
+
+  private lookup(p: MetaPartition, b: Body): unknown {
+    const pino = num(b, 'pino');
+    const name = str(b, 'name');
+    const d = p.dir(pino, false)?.get(name);
+    if (!d) throw new Reject(Result.NotExist, `dentry ${pino}/${name} not found`);
+    return { ino: d.ino, mode: d.type, seq: 0, layerInfo: null };
+  }
+
+  // --- transactions ---
+
+  private txCreate(p: MetaPartition, b: Body): unknown {
+    const info = b.tx;
+    if (!info || typeof info !== 'object' || Array.isArray(info)) throw new Reject(Result.ArgMismatch, 'tx must be an object');
+    const tx = info as Body;
+    const id = `${p.id}_${++this.txSeq}`;
+    const created = now();
+    const timeoutMin = typeof tx.Timeout === 'number' && tx.Timeout > 0 ? tx.Timeout : 1;
+    const out: Body = { ...tx, TxID: id, TmID: p.id, CreateTime: created, Timeout: timeoutMin, State: 1 };
+    const dentries = (tx.TxDentryInfos ?? {}) as Record<string, Body>;
+    const dOut: Record<string, Body> = {};
+    for (const [k, v] of Object.entries(dentries)) dOut[k] = { ...v, TxID: id, CreateTime: created, Timeout: timeoutMin };
+    out.TxDentryInfos = dOut;
+    const inodes = (tx.TxInodeInfos ?? {}) as Record<string, Body>;
+    const iOut: Record<string, Body> = {};
+    for (const [k, v] of Object.entries(inodes)) iOut[k] = { ...v, TxID: id, CreateTime: created, Timeout: timeoutMin };
+    out.TxInodeInfos = iOut;
+    this.txs.set(id, { id, tmId: p.id, info: out, deadline: Date.now() + timeoutMin * 60_000, ops: [] });
+    return { tx: out };
+  }
+
+  private liveTx(b: Body): TxState {
+    const info = b.tx as Body | undefined;
+    const id = info && typeof info === 'object' ? info.TxID : undefined;
+    if (typeof id !== 'string' || id === '') throw new Reject(Result.ArgMismatch, 'tx.TxID missing');
+    const tx = this.txs.get(id);
+    if (!tx) throw new Reject(Result.NotExist, `transaction ${id} not found`);
+    if (tx.deadline <= Date.now()) {
+      this.dropTx(tx);
+      throw new Reject(Result.NotExist, `transaction ${id} expired`);
+    }
+    return tx;
+  }
+
+  private txDentry(p: MetaPartition, b: Body, kind: StagedOp['kind']): unknown {
+    const tx = this.liveTx(b);
+    const pino = num(b, 'pino');
+    const name = dentryName(b);
+    const key = lockKey(pino, name);
+    const holder = this.locks.get(key);
+    if (holder !== undefined && holder !== tx.id) this.checkUnlocked(pino, name);
+    const have = p.dir(pino, false)?.get(name);
+    let reply: unknown;
+    let op: StagedOp;
+    if (kind === 'create') {
+      this.parentDir(p, pino);
+      if (have || tx.ops.some((o) => o.kind === 'create' && o.pino === pino && o.name === name)) {
+        throw new Reject(Result.Exist, `dentry ${pino}/${name} exists`);
+      }
+      op = { kind, p: p.id, pino, name, ino: num(b, 'ino'), type: num(b, 'mode') };
+      reply = { tx: tx.info };
+    } else {
+      if (!have) throw new Reject(Result.NotExist, `dentry ${pino}/${name} not found`);
+      const want = kind === 'delete' ? num(b, 'ino', 0) : num(b, 'oldIno', 0);
+      if (want !== 0 && want !== have.ino) throw new Reject(Result.NotExist, `dentry ${pino}/${name} points at ${have.ino}, not ${want}`);
+      op = { kind, p: p.id, pino, name, ino: kind === 'delete' ? have.ino : num(b, 'ino'), type: have.type };
+      reply = { ino: have.ino };
+    }
+    tx.ops.push(op);
+    this.locks.set(key, tx.id);
+    return reply;
+  }
+
+  private txApply(req: Packet, b: Body): { body?: unknown; effects: Effect[] } {
+    const id = str(b, 'tx');
+    const type = num(b, 'type', TX_COMMIT);
+    const tx = this.txs.get(id);
+    if (!tx) throw new Reject(Result.NotExist, `transaction ${id} not found`);
+    const commit = req.opcode === Op.TxCommit && type === TX_COMMIT;
+    if (commit && tx.deadline <= Date.now()) {
+      this.dropTx(tx);
+      throw new Reject(Result.NotExist, `transaction ${id} expired`);
+    }
+    const fx: Effect[] = [];
+    if (commit) {
+      for (const o of tx.ops) {
+        const p = this.store.partitions.get(o.p);
+        if (!p) continue;
+        if (o.kind === 'delete') {
+          this.dropDentry(p, o.pino, o.name, fx);
+        } else if (o.kind === 'update') {
+          fx.push({ k: 'D', p: p.id, pino: o.pino, name: o.name, ino: o.ino, type: o.type });
+          const par = p.inodes.get(o.pino);
+          if (par) {
+            par.mt = par.ct = now();
+            fx.push({ k: 'I', p: p.id, v: par });
+          }
+        } else {
+          const par = p.inodes.get(o.pino);
+          if (!par) throw new Reject(Result.NotExist, `parent inode ${o.pino} vanished`);
+          this.putDentry(p, par, o.pino, o.name, o.ino, o.type, fx);
+        }
+      }
+    }
+    this.dropTx(tx);
+    return { body: { tx: id, tmid: tx.tmId, type }, effects: fx };
+  }
+
+  private dropTx(tx: TxState): void {
+    this.txs.delete(tx.id);
+    for (const o of tx.ops) {
+      const k = lockKey(o.pino, o.name);
+      if (this.locks.get(k) === tx.id) this.locks.delete(k);
+    }
+  }
+}
+
+// --- helpers ---
+
+function parseBody(data: Buffer): Body {
+  if (data.length === 0) return {};
+  let v: unknown;
+  try {
+    v = JSON.parse(data.toString('utf8'));
+  } catch (e) {
+    throw new Reject(Result.ArgMismatch, `malformed JSON request: ${(e as Error).message}`);
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new Reject(Result.ArgMismatch, 'request body must be a JSON object');
+  return v as Body;
+}
+
+function num(b: Body, key: string, dflt?: number): number {
+  const v = b[key];
+  if (v === undefined || v === null) {
+    if (dflt !== undefined) return dflt;
+    throw new Reject(Result.ArgMismatch, `request lacks "${key}"`);
+  }
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || Math.floor(v) !== v) {
+    throw new Reject(Result.ArgMismatch, `"${key}" must be a non-negative integer`);
+  }
+  return v;
+}
+
+function str(b: Body, key: string, dflt?: string): string {
+  const v = b[key];
+  if (v === undefined || v === null) {
+    if (dflt !== undefined) return dflt;
+    throw new Reject(Result.ArgMismatch, `request lacks "${key}"`);
+  }
+  if (typeof v !== 'string') throw new Reject(Result.ArgMismatch, `"${key}" must be a string`);
+  return v;
+}
+
+function dentryName(b: Body): string {
+  const name = str(b, 'name');
+  if (name === '' || name === '.' || name === '..' || name.includes('/') || name.includes('\0') || Buffer.byteLength(name) > 255) {
+    throw new Reject(Result.ArgMismatch, `bad dentry name ${JSON.stringify(name)}`);
+  }
+  return name;
+}
+
+/** Permission and setuid/setgid/sticky bits of a Go FileMode (the part chmod may change). */
+function permBits(m: number): number {
+  let x = m % 0o1000;
+  for (const bit of [GoMode.Setuid, GoMode.Setgid, GoMode.Sticky]) if (Math.floor(m / bit) % 2 === 1) x += bit;
+  return x;
+}
+
+function lockKey(pino: number, name: string): string {
+  return `${pino}/${name}`;
+}
+
+function parseEk(v: unknown): ExtentKey {
+  if (!v || typeof v !== 'object') throw new Reject(Result.ArgMismatch, 'extent key must be an object');
+  const o = v as Body;
+  return {
+    FileOffset: num(o, 'FileOffset'),
+    PartitionId: num(o, 'PartitionId'),
+    ExtentId: num(o, 'ExtentId'),
+    ExtentOffset: num(o, 'ExtentOffset', 0),
+    Size: num(o, 'Size'),
+    CRC: num(o, 'CRC', 0),
+  };
+}
+
+function wireEk(k: ExtentKey): ExtentKey {
+  return { FileOffset: k.FileOffset, PartitionId: k.PartitionId, ExtentId: k.ExtentId, ExtentOffset: k.ExtentOffset, Size: k.Size, CRC: k.CRC, SnapInfo: null };
+}
+
+/**
+ * Inserts `ek` into sorted, non-overlapping keys: keys it covers entirely are removed (and reported),
+ * keys it covers in part are clipped or split around it, as upstream's SortedExtents does.
+ */
+export function insertExtent(keys: ExtentKey[], ek: ExtentKey): { eks: ExtentKey[]; removed: ExtentKey[] } {
+  const s = ek.FileOffset, e = ek.FileOffset + ek.Size;
+  const out: ExtentKey[] = [];
+  const removed: ExtentKey[] = [];
+  for (const k of keys) {
+    const ks = k.FileOffset, ke = k.FileOffset + k.Size;
+    if (ke <= s || ks >= e) { out.push(k); continue; }
+    if (ks >= s && ke <= e) { removed.push(k); continue; }
+    if (ks < s) out.push({ ...k, Size: s - ks });
+    if (ke > e) out.push({ ...k, FileOffset: e, ExtentOffset: k.ExtentOffset + (e - ks), Size: ke - e });
+  }
+  out.push({ FileOffset: ek.FileOffset, PartitionId: ek.PartitionId, ExtentId: ek.ExtentId, ExtentOffset: ek.ExtentOffset, Size: ek.Size, CRC: ek.CRC });
+  out.sort((a, b) => a.FileOffset - b.FileOffset);
+  return { eks: out, removed };
+}
+
+function newInode(ino: number, mode: number, uid: number, gid: number, tgt: string | null, t: number): InodeRec {
+  const dir = isGoDir(mode);
+  return {
+    ino, mode, uid, gid, tgt,
+    nlink: dir ? 2 : 1,
+    sz: tgt ? Buffer.from(tgt, 'base64').length : 0,
+    gen: 1, mt: t, ct: t, at: t, eks: [], xattrs: {},
+  };
+}
+
+/** InodeInfo as upstream marshals it. */
+function inodeInfo(r: InodeRec): Body {
+  return {
+    ino: r.ino, mode: r.mode, nlink: r.nlink, sz: r.sz, uid: r.uid, gid: r.gid, gen: r.gen,
+    mt: toRfc3339(r.mt), ct: toRfc3339(r.ct), at: toRfc3339(r.at), tgt: r.tgt,
+    qifs: null, seq: 0, pat: GO_ZERO_TIME, storageClass: 1, leaseExpireTime: 0, forbiddenLc: false,
+    migrationStorageClass: 0, hasMigrationEk: false, mekExpiredTime: '1970-01-01T00:00:00Z', eks: null,
+  };
+}
