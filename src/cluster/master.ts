@@ -22,7 +22,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Op } from '../proto/opcode.js';
 import { newPacket } from '../proto/packet.js';
 import { Result, resultName } from '../proto/result.js';
-import { ConnPool, splitAddr } from '../transport/tcp.js';
+import { ConnPool } from '../transport/tcp.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
@@ -162,7 +162,7 @@ export class Master {
     fs.mkdirSync(this.opts.dir, { recursive: true });
     this.state = this.load();
     this.pool = new ConnPool(1, Math.max(1000, this.opts.heartbeatMs));
-    const { host, port } = splitAddr(this.opts.listen);
+    const { host, port } = listenAddr(this.opts.listen);
     const server = http.createServer((req, res) => this.serve(req, res));
     server.keepAliveTimeout = 30_000;
     await new Promise<void>((resolve, reject) => {
@@ -801,6 +801,16 @@ export class Master {
 }
 
 class NotFound extends Error {}
+
+/** "host:port" where port may be 0 (any free port). */
+function listenAddr(a: string): { host: string; port: number } {
+  const i = a.lastIndexOf(':');
+  const port = Number(a.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new CubeFSError(ErrorCode.Invalid, `bad listen address "${a}" (want HOST:PORT)`);
+  }
+  return { host: a.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}
 
 function md5(s: string): string {
   return createHash('md5').update(s).digest('hex');
