@@ -236,7 +236,6 @@ export class DataNode {
     let extentOffset = req.extentOffset;
     const tinyAlloc = !random && extentId === 0 && !(req.extentType & ExtentType.Normal);
     if (tinyAlloc) {
-      if (followers.length === 0) return errReply(req, Result.ArgMismatch, 'tiny write without an extent id on a follower');
       if (!this.tiny) return errReply(req, Result.DiskNoSpace, NO_TINY_TEXT);
     } else {
       if (extentOffset < 0) return errReply(req, Result.ArgMismatch, `negative extent offset ${extentOffset}`);

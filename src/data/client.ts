@@ -1,0 +1,67 @@
+/**
+ * DataClient: the data half of the SDK. Owns the connection pool (unless handed one), the partition
+ * selector and one FileStream per open inode (refcounted: open() adds a reference, FileStream.release()
+ * drops one). close() flushes every open stream, then closes what it owns.
+ */
+import { ConnPool } from '../transport/tcp.js';
+import { PartitionSelector, type DataCore, type DataPartitionSource } from './partitions.js';
+import { FileStream, type ExtentMetaOps, type StreamHost } from './stream.js';
+import { log } from './partitions.js';
+
+export interface DataClientOptions {
+  source: DataPartitionSource;
+  meta: ExtentMetaOps;
+  pool?: ConnPool;
+  /** Deadline of one request; default 30 s. */
+  timeoutMs?: number;
+  /** How long a write or read keeps retrying (other partitions, other hosts); default 60 s. */
+  retryBudgetMs?: number;
+  /** Small first writes go to tiny extents; default true. */
+  tinyExtents?: boolean;
+}
+
+export class DataClient implements StreamHost {
+  readonly core: DataCore;
+  readonly meta: ExtentMetaOps;
+  private readonly ownPool: boolean;
+  private readonly streams = new Map<number, FileStream>();
+  private closed = false;
+
+  constructor(opts: DataClientOptions) {
+    this.ownPool = !opts.pool;
+    this.meta = opts.meta;
+    this.core = {
+      pool: opts.pool ?? new ConnPool(8),
+      timeoutMs: opts.timeoutMs ?? 30_000,
+      retryBudgetMs: opts.retryBudgetMs ?? 60_000,
+      tinyExtents: opts.tinyExtents ?? true,
+      parts: new PartitionSelector(opts.source),
+    };
+  }
+
+  /** The shared stream of `ino`, with one more reference. */
+  open(ino: number): FileStream {
+    if (this.closed) throw new Error('DataClient is closed');
+    let s = this.streams.get(ino);
+    if (!s) {
+      s = new FileStream(this, ino);
+      this.streams.set(ino, s);
+    }
+    s.refs++;
+    return s;
+  }
+
+  forget(s: FileStream): void {
+    if (this.streams.get(s.ino) === s) this.streams.delete(s.ino);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of [...this.streams.values()]) {
+      await s.flush().catch((e: Error) => log('close: flush of inode %d failed: %s', s.ino, e.message));
+      s.shutdown();
+    }
+    if (this.ownPool) this.core.pool.close();
+  }
+}

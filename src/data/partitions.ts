@@ -1,0 +1,99 @@
+/**
+ * Choosing data partitions for new extents, with a short exclusion list, and the retry helpers the
+ * data path shares.
+ *
+ * A partition that failed a write is excluded for EXCLUDE_MS. When every read-write partition is
+ * excluded the selector waits (growing, bounded by the caller's deadline), refreshes the source and
+ * forgets the exclusions: a datanode that was down may be back.
+ */
+import { PartitionStatus, Result, resultRetryable, type DataPartitionView, type Packet } from '../proto/index.js';
+import type { ConnPool } from '../transport/tcp.js';
+import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
+import { logger } from '../util/log.js';
+
+export const log = logger('data');
+
+const EXCLUDE_MS = 5_000;
+
+export interface DataPartitionSource {
+  dataPartitions(): DataPartitionView[];
+  refresh(): Promise<void>;
+}
+
+/** What the writers and readers of every stream share (owned by DataClient). */
+export interface DataCore {
+  readonly pool: ConnPool;
+  readonly timeoutMs: number;
+  readonly retryBudgetMs: number;
+  readonly tinyExtents: boolean;
+  readonly parts: PartitionSelector;
+}
+
+export class PartitionSelector {
+  private readonly excluded = new Map<number, number>();
+  private rr = Math.floor(Math.random() * 1024);
+
+  constructor(private readonly source: DataPartitionSource) {}
+
+  exclude(pid: number): void {
+    this.excluded.set(pid, Date.now() + EXCLUDE_MS);
+  }
+
+  /** A read-write partition not excluded; waits and refreshes while there is none, until `deadline`. */
+  async pick(deadline: number, lastErr?: Error): Promise<DataPartitionView> {
+    for (let attempt = 0; ; attempt++) {
+      const now = Date.now();
+      const rw = this.source.dataPartitions().filter((p) => p.Status === PartitionStatus.ReadWrite && p.Hosts.length > 0);
+      const ok = rw.filter((p) => (this.excluded.get(p.PartitionID) ?? 0) <= now);
+      if (ok.length > 0) return ok[this.rr++ % ok.length]!;
+      if (now >= deadline) {
+        const why = rw.length === 0 ? 'no read-write data partition' : `all ${rw.length} read-write data partitions failed`;
+        throw new CubeFSError(ErrorCode.NoPartition, `${why}${lastErr ? `; last error: ${lastErr.message}` : ''}`, {
+          errno: (lastErr as CubeFSError | undefined)?.errno ?? undefined, cause: lastErr,
+        });
+      }
+      await sleep(Math.min(backoffMs(attempt), Math.max(1, deadline - now)));
+      await this.source.refresh().catch((e: Error) => log('refresh data partitions: %s', e.message));
+      if (rw.length > 0) this.excluded.clear();
+    }
+  }
+
+  /** The view of partition `pid`, refreshing the source once if it is not known. */
+  async get(pid: number): Promise<DataPartitionView> {
+    let dp = this.source.dataPartitions().find((p) => p.PartitionID === pid);
+    if (!dp) {
+      await this.source.refresh().catch((e: Error) => log('refresh data partitions: %s', e.message));
+      dp = this.source.dataPartitions().find((p) => p.PartitionID === pid);
+    }
+    if (!dp) throw new CubeFSError(ErrorCode.NoPartition, `data partition ${pid} is not in the volume view`);
+    return dp;
+  }
+
+  refresh(): Promise<void> {
+    return this.source.refresh();
+  }
+}
+
+export function backoffMs(attempt: number): number {
+  return Math.min(100 * 2 ** attempt, 2_000);
+}
+
+/** "h1:p/h2:p/": the followers of a partition, as upstream's client puts them in Arg. */
+export function followerArg(dp: DataPartitionView): Buffer {
+  return Buffer.from(dp.Hosts.slice(1).map((h) => `${h}/`).join(''));
+}
+
+export function remainingFollowers(dp: DataPartitionView): number {
+  const n = Math.max(dp.ReplicaNum || dp.Hosts.length, 1) - 1;
+  return n > 0 ? n : 0;
+}
+
+/** An error reply as a CubeFSError; `retryable` as upstream's data client treats the code. */
+export function replyError(p: Packet, what: string): CubeFSError {
+  const text = p.data.length > 0 ? p.data.toString('utf8') : undefined;
+  return CubeFSError.fromResult(p.resultCode, what, text, resultRetryable(p.resultCode) || p.resultCode === Result.IntraGroupNet);
+}
+
+export function isRetryable(e: unknown): boolean {
+  return e instanceof CubeFSError ? e.retryable : true;
+}

@@ -1,0 +1,286 @@
+/**
+ * FileStream: the data of one open inode (upstream sdk/data/stream/stream_writer.go + reader, in our
+ * shape). One per inode, shared by every open handle (refcounted by DataClient).
+ *
+ * State: `keys` is the file's extent map as this client sees it: the keys loaded from the metanode plus
+ * every acknowledged write (so reads see acked data before it is flushed); `dirty` holds the keys to
+ * record at flush, one per writer (growing as acks arrive) or per tiny piece, in order of first ack.
+ * In-flight writes are kept as ranges: a write or read that overlaps one waits for it to settle first,
+ * so the mapping of a range to keys never races an unacknowledged write.
+ *
+ * Dispatch of a write (mapping, choosing writers, sending) is synchronous after its awaits, so two
+ * writes never interleave their packets on an extent writer. Covered ranges are overwritten in place
+ * (RandomWrite); holes are appended to the current extent writer when contiguous with it, else to a
+ * new one; a file's first write that ends within 1 MiB goes to tiny extents.
+ */
+import type { ExtentKey } from '../proto/index.js';
+import { MAX_PACKET_DATA } from '../proto/index.js';
+import { insertKey, keyEnd, mapRange, truncateKeys } from './extent-map.js';
+import type { DataCore } from './partitions.js';
+import { readExtent } from './reader.js';
+import { ExtentWriter, newPiece, NoTinyExtent, randomWrite, tinyWrite, TINY_SIZE_LIMIT, type WritePiece, type WriterOwner } from './writer.js';
+
+export interface ExtentMetaOps {
+  listExtents(ino: number): Promise<{ gen: number; size: number; extents: ExtentKey[] }>;
+  appendExtentKey(ino: number, ek: ExtentKey, discard?: ExtentKey[]): Promise<void>;
+}
+
+/** Bytes one StreamRead asks for (the reply comes as <= 128 KiB packets). */
+const READ_REQUEST_SIZE = 1024 * 1024;
+const READ_CONCURRENCY = 8;
+
+interface Range {
+  start: number;
+  end: number;
+  done: Promise<unknown>;
+}
+
+/** Internal: how a stream reaches its client. */
+export interface StreamHost {
+  readonly core: DataCore;
+  readonly meta: ExtentMetaOps;
+  forget(s: FileStream): void;
+}
+
+export class FileStream implements WriterOwner {
+  readonly ino: number;
+  /** Open references (DataClient.open adds one, release drops one). */
+  refs = 0;
+  private loaded = false;
+  private loading: Promise<void> | null = null;
+  private keys: ExtentKey[] = [];
+  private fileSize = 0;
+  private handler: ExtentWriter | null = null;
+  private readonly writers = new Set<ExtentWriter>();
+  private readonly dirty = new Map<object, ExtentKey>();
+  private readonly inflight = new Set<Range>();
+  private writeError: Error | null = null;
+
+  constructor(private readonly host: StreamHost, ino: number) {
+    this.ino = ino;
+  }
+
+  get core(): DataCore {
+    return this.host.core;
+  }
+
+  /** File size including acknowledged writes not yet flushed. */
+  get size(): number {
+    return this.fileSize;
+  }
+
+  /** Fetch keys and size from the metanode (once; again after truncated()). */
+  load(): Promise<void> {
+    if (this.loaded) return Promise.resolve();
+    if (!this.loading) {
+      this.loading = (async () => {
+        const r = await this.host.meta.listExtents(this.ino);
+        const keys: ExtentKey[] = [];
+        for (const k of [...(r.extents ?? [])].sort((a, b) => a.FileOffset - b.FileOffset)) insertKey(keys, k);
+        let size = r.size;
+        for (const k of this.dirty.values()) {
+          insertKey(keys, k);
+          size = Math.max(size, keyEnd(k));
+        }
+        this.keys = keys;
+        this.fileSize = size;
+        this.loaded = true;
+      })().finally(() => { this.loading = null; });
+    }
+    return this.loading;
+  }
+
+  async write(offset: number, data: Buffer, opts: { sync?: boolean } = {}): Promise<void> {
+    if (data.length === 0) return;
+    if (offset < 0 || !Number.isSafeInteger(offset)) throw new RangeError(`bad write offset ${offset}`);
+    await this.load();
+    const end = offset + data.length;
+    await this.waitInflight(offset, end);
+    const core = this.core;
+    const sync = opts.sync ?? false;
+    const deadline = Date.now() + core.retryBudgetMs;
+    const first = this.keys.length === 0 && this.fileSize === 0 && this.handler === null && this.inflight.size === 0 && this.dirty.size === 0;
+    const useTiny = core.tinyExtents && first && end <= TINY_SIZE_LIMIT;
+    const jobs: Promise<void>[] = [];
+    for (const seg of mapRange(this.keys, offset, data.length)) {
+      const slice = data.subarray(seg.fileOffset - offset, seg.fileOffset - offset + seg.size);
+      if (seg.key) jobs.push(randomWrite(core, seg.key, seg.fileOffset, slice, sync, deadline));
+      else if (useTiny) jobs.push(this.writeTiny(seg.fileOffset, slice, sync, deadline));
+      else jobs.push(...this.append(seg.fileOffset, slice, sync, deadline));
+    }
+    const done = Promise.all(jobs);
+    const range: Range = { start: offset, end, done: done.catch(() => undefined) };
+    this.inflight.add(range);
+    try {
+      await done;
+      this.fileSize = Math.max(this.fileSize, end);
+    } catch (e) {
+      this.writeError ??= e as Error;
+      throw e;
+    } finally {
+      this.inflight.delete(range);
+    }
+  }
+
+  async read(offset: number, size: number): Promise<Buffer> {
+    if (offset < 0 || size < 0) throw new RangeError(`bad read range ${offset}+${size}`);
+    await this.load();
+    await this.waitInflight(offset, offset + size);
+    const end = Math.min(offset + size, this.fileSize);
+    if (end <= offset) return Buffer.alloc(0);
+    const out = Buffer.alloc(end - offset);
+    const jobs: (() => Promise<void>)[] = [];
+    for (const seg of mapRange(this.keys, offset, end - offset)) {
+      const k = seg.key;
+      if (!k) continue;
+      for (let o = 0; o < seg.size; o += READ_REQUEST_SIZE) {
+        const n = Math.min(READ_REQUEST_SIZE, seg.size - o);
+        const fo = seg.fileOffset + o;
+        jobs.push(() => readExtent(this.core, {
+          partitionId: k.PartitionId, extentId: k.ExtentId, extentOffset: k.ExtentOffset + (fo - k.FileOffset), size: n,
+        }, out, fo - offset));
+      }
+    }
+    await runLimited(jobs, READ_CONCURRENCY);
+    return out;
+  }
+
+  /** Every write acknowledged by all replicas and its extent key recorded at the metanode. */
+  async flush(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.all([...this.inflight].map((r) => r.done));
+    const entries = [...this.dirty.entries()];
+    this.dirty.clear();
+    for (let i = 0; i < entries.length; i++) {
+      const [token, ek] = entries[i]!;
+      try {
+        await this.host.meta.appendExtentKey(this.ino, ek);
+      } catch (e) {
+        for (const [t, k] of entries.slice(i)) if (!this.dirty.has(t)) this.dirty.set(t, k);
+        throw e;
+      }
+      void token;
+    }
+    const err = this.writeError;
+    this.writeError = null;
+    if (err) throw err;
+  }
+
+  /** The caller truncated the file through meta: forget what lies beyond `size`; reload on next use. */
+  truncated(size: number): void {
+    this.keys = truncateKeys(this.keys, size);
+    for (const [t, k] of [...this.dirty.entries()]) {
+      if (k.FileOffset >= size) this.dirty.delete(t);
+      else if (keyEnd(k) > size) this.dirty.set(t, { ...k, Size: size - k.FileOffset });
+    }
+    this.fileSize = size;
+    this.retireHandler();
+    this.loaded = false;
+  }
+
+  /** Flush, then drop one reference; the last one closes this stream's extent writers. */
+  async release(): Promise<void> {
+    try {
+      await this.flush();
+    } finally {
+      this.refs--;
+      if (this.refs <= 0) this.shutdown();
+    }
+  }
+
+  /** Close every writer's connection once its pieces settle. */
+  shutdown(): void {
+    this.retireHandler();
+    for (const w of this.writers) w.retire();
+    this.writers.clear();
+    this.host.forget(this);
+  }
+
+  onAck(token: object, piece: ExtentKey, whole: ExtentKey): void {
+    insertKey(this.keys, piece);
+    this.dirty.set(token, whole);
+    this.fileSize = Math.max(this.fileSize, keyEnd(piece));
+  }
+
+  onReplace(old: ExtentWriter, next: ExtentWriter): void {
+    this.writers.delete(old);
+    this.writers.add(next);
+    if (this.handler === old) this.handler = next;
+  }
+
+  private retireHandler(): void {
+    if (this.handler) this.handler.retire();
+    this.handler = null;
+  }
+
+  private async waitInflight(start: number, end: number): Promise<void> {
+    for (;;) {
+      const hit = [...this.inflight].filter((r) => r.start < end && start < r.end);
+      if (hit.length === 0) return;
+      await Promise.all(hit.map((r) => r.done));
+    }
+  }
+
+  private append(fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void>[] {
+    const out: Promise<void>[] = [];
+    let o = 0;
+    while (o < data.length) {
+      let h = this.handler;
+      if (!h || !h.usable || h.nextFileOffset !== fileOffset + o) {
+        this.retireHandler();
+        h = new ExtentWriter(this, fileOffset + o);
+        this.handler = h;
+        this.writers.add(h);
+      }
+      const n = Math.min(MAX_PACKET_DATA, data.length - o, h.remaining);
+      const { piece, done } = newPiece(fileOffset + o, data.subarray(o, o + n), sync, deadline);
+      h.push(piece);
+      out.push(done);
+      o += n;
+    }
+    return out;
+  }
+
+  /**
+   * A file's first small write, to tiny extents: the first packet alone, then the rest in parallel.
+   * When the datanode has no tiny extent to give (DiskNoSpace "no available extent", as a fresh
+   * upstream node answers), the whole write goes to a normal extent instead, as upstream's client does.
+   */
+  private async writeTiny(fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
+    const pieces: WritePiece[] = [];
+    for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
+      pieces.push(newPiece(fileOffset + o, data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA)), sync, deadline).piece);
+    }
+    const one = async (p: WritePiece): Promise<void> => {
+      const key = await tinyWrite(this.core, p);
+      this.onAck({}, key, key);
+    };
+    try {
+      await one(pieces[0]!);
+    } catch (e) {
+      if (!(e instanceof NoTinyExtent)) throw e;
+      await Promise.all(this.append(fileOffset, data, sync, deadline));
+      return;
+    }
+    await Promise.all(pieces.slice(1).map((p) => one(p).catch((e: Error) => {
+      if (!(e instanceof NoTinyExtent)) throw e;
+      return Promise.all(this.append(p.fileOffset, p.data, sync, deadline)).then(() => undefined);
+    })));
+  }
+}
+
+async function runLimited(jobs: (() => Promise<void>)[], limit: number): Promise<void> {
+  let next = 0;
+  let failed: unknown = null;
+  const worker = async (): Promise<void> => {
+    while (next < jobs.length && failed === null) {
+      const j = jobs[next++]!;
+      try {
+        await j();
+      } catch (e) {
+        failed ??= e;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, jobs.length) }, worker));
+  if (failed !== null) throw failed;
+}

@@ -1,0 +1,292 @@
+/**
+ * Writers of the data path (upstream sdk/data/stream/extent_handler.go, in our own shape).
+ *
+ * ExtentWriter appends to one normal extent: it picks a read-write partition, sends CreateExtent to its
+ * leader, then pipelines Write packets (<= 128 KiB) on a dedicated connection to that leader. Replies
+ * come back in order, so the acknowledged bytes are always a prefix: the writer's key grows with every
+ * ack. On the first failure the writer stops, and every unacknowledged piece, in order, moves to a
+ * replacement writer on a new extent (another partition: the failed one is excluded for a while);
+ * the owner is told so it can route later appends there. A piece fails for good only when its retry
+ * budget (from its first send) runs out.
+ *
+ * tinyWrite sends one piece to a tiny extent (ExtentID 0; the leader picks extent and offset).
+ * randomWrite overwrites inside an existing extent with RandomWrite to the partition leader.
+ *
+ * Payloads are the caller's buffers (subarrays), never copied; the caller keeps them unchanged until
+ * the piece settles.
+ */
+import { crc32, ExtentType, MAX_PACKET_DATA, newPacket, Op, Result, type DataPartitionView, type ExtentKey } from '../proto/index.js';
+import type { PacketConn } from '../transport/tcp.js';
+import { nextReqId } from '../transport/reqid.js';
+import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
+import { backoffMs, followerArg, isRetryable, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
+
+export const EXTENT_SIZE_LIMIT = 128 * 1024 * 1024;
+export const TINY_SIZE_LIMIT = 1024 * 1024;
+
+export interface WritePiece {
+  fileOffset: number;
+  data: Buffer;
+  crc: number;
+  sync: boolean;
+  /** Epoch ms after which the piece fails instead of being retried. */
+  deadline: number;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+export function newPiece(fileOffset: number, data: Buffer, sync: boolean, deadline: number): { piece: WritePiece; done: Promise<void> } {
+  let resolve!: () => void, reject!: (e: Error) => void;
+  const done = new Promise<void>((res, rej) => { resolve = res; reject = rej; });
+  return { piece: { fileOffset, data, crc: crc32(data), sync, deadline, resolve, reject }, done };
+}
+
+/** The stream a writer works for. */
+export interface WriterOwner {
+  readonly ino: number;
+  readonly core: DataCore;
+  /** `piece` (the acked range) is now readable; `whole` is the writer's key to record at flush. */
+  onAck(token: object, piece: ExtentKey, whole: ExtentKey): void;
+  onReplace(old: ExtentWriter, next: ExtentWriter): void;
+}
+
+type State = 'opening' | 'open' | 'failed';
+
+interface Inflight {
+  piece: WritePiece;
+  extentOffset: number;
+}
+
+export class ExtentWriter {
+  readonly startFileOffset: number;
+  private state: State = 'opening';
+  private dp: DataPartitionView | null = null;
+  private extentId = 0;
+  private conn: PacketConn | null = null;
+  /** Pieces waiting for the extent to be created. */
+  private queued: WritePiece[] = [];
+  private inflight: Inflight[] = [];
+  /** Bytes handed to this writer (sent or queued): the next piece's extent offset. */
+  private assigned = 0;
+  private acked = 0;
+  /** Close the connection once everything sent has settled; take no more pieces. */
+  private retiring = false;
+
+  constructor(private readonly owner: WriterOwner, startFileOffset: number, pieces: WritePiece[] = [], private lastErr?: Error) {
+    this.startFileOffset = startFileOffset;
+    for (const p of pieces) this.push(p);
+    void this.open();
+  }
+
+  get nextFileOffset(): number {
+    return this.startFileOffset + this.assigned;
+  }
+
+  get remaining(): number {
+    return EXTENT_SIZE_LIMIT - this.assigned;
+  }
+
+  /** Takes appends: not failed, not retiring, room left. */
+  get usable(): boolean {
+    return this.state !== 'failed' && !this.retiring && this.remaining > 0;
+  }
+
+  /** Append a piece at nextFileOffset (the caller guarantees contiguity and size <= remaining). */
+  push(p: WritePiece): void {
+    const extentOffset = this.assigned;
+    this.assigned += p.data.length;
+    if (this.state === 'open') this.send({ piece: p, extentOffset });
+    else this.queued.push(p);
+  }
+
+  /** No more pieces; the dedicated connection closes when the last one settles. */
+  retire(): void {
+    this.retiring = true;
+    this.maybeClose();
+  }
+
+  private async open(): Promise<void> {
+    const core = this.owner.core;
+    for (let attempt = 0; this.state === 'opening'; attempt++) {
+      const deadline = this.queued.length > 0 ? Math.min(...this.queued.map((p) => p.deadline)) : Date.now() + core.retryBudgetMs;
+      let dp: DataPartitionView | undefined;
+      try {
+        dp = await core.parts.pick(deadline, this.lastErr);
+        const ino = Buffer.alloc(8);
+        ino.writeBigUInt64BE(BigInt(this.owner.ino));
+        const req = newPacket({
+          opcode: Op.CreateExtent, extentType: ExtentType.Normal, partitionId: dp.PartitionID, reqId: nextReqId(),
+          arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data: ino,
+        });
+        const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
+        if (reply.resultCode !== Result.Ok) throw replyError(reply, `CreateExtent on partition ${dp.PartitionID} (${dp.Hosts[0]})`);
+        const conn = await core.pool.dedicated(dp.Hosts[0]!);
+        if (this.retiring && this.queued.length === 0) {
+          conn.close();
+          this.state = 'failed';
+          return;
+        }
+        this.dp = dp;
+        this.extentId = reply.extentId;
+        this.conn = conn;
+        this.state = 'open';
+        log('ino %d: extent %d on partition %d at file offset %d', this.owner.ino, this.extentId, dp.PartitionID, this.startFileOffset);
+        let off = 0;
+        const q = this.queued;
+        this.queued = [];
+        for (const p of q) {
+          this.send({ piece: p, extentOffset: off });
+          off += p.data.length;
+        }
+        return;
+      } catch (e) {
+        this.lastErr = e as Error;
+        if (dp) core.parts.exclude(dp.PartitionID);
+        log('ino %d: new extent failed: %s', this.owner.ino, (e as Error).message);
+        if (Date.now() >= deadline || (e instanceof CubeFSError && e.code === ErrorCode.NoPartition) || (e instanceof CubeFSError && e.code === ErrorCode.Closed)) {
+          this.state = 'failed';
+          const q = this.queued;
+          this.queued = [];
+          for (const p of q) p.reject(e as Error);
+          return;
+        }
+        await sleep(backoffMs(attempt));
+      }
+    }
+  }
+
+  private send(f: Inflight): void {
+    const dp = this.dp!, conn = this.conn!;
+    this.inflight.push(f);
+    const p = f.piece;
+    const req = newPacket({
+      opcode: p.sync ? Op.SyncWrite : Op.Write, extentType: ExtentType.Normal, partitionId: dp.PartitionID,
+      extentId: this.extentId, extentOffset: f.extentOffset, kernelOffset: p.fileOffset, reqId: nextReqId(),
+      arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data: p.data, crc: p.crc,
+    });
+    conn.request(req, { timeoutMs: this.owner.core.timeoutMs }).then(
+      (reply) => {
+        if (reply.resultCode !== Result.Ok) this.fail(replyError(reply, `write to partition ${dp.PartitionID} extent ${this.extentId} (${dp.Hosts[0]})`));
+        else this.ack(f);
+      },
+      (e: Error) => this.fail(e),
+    );
+  }
+
+  private ack(f: Inflight): void {
+    if (this.state !== 'open') return;
+    if (this.inflight[0] !== f) {
+      this.fail(new CubeFSError(ErrorCode.BadPacket, `write reply out of order on extent ${this.extentId}`));
+      return;
+    }
+    this.inflight.shift();
+    const n = f.piece.data.length;
+    this.acked += n;
+    const dp = this.dp!;
+    const piece: ExtentKey = { FileOffset: f.piece.fileOffset, PartitionId: dp.PartitionID, ExtentId: this.extentId, ExtentOffset: f.extentOffset, Size: n, CRC: 0 };
+    const whole: ExtentKey = { FileOffset: this.startFileOffset, PartitionId: dp.PartitionID, ExtentId: this.extentId, ExtentOffset: 0, Size: this.acked, CRC: 0 };
+    this.owner.onAck(this, piece, whole);
+    f.piece.resolve();
+    this.maybeClose();
+  }
+
+  private fail(e: Error): void {
+    if (this.state !== 'open') return;
+    this.state = 'failed';
+    this.conn?.close();
+    this.owner.core.parts.exclude(this.dp!.PartitionID);
+    const pieces = this.inflight.map((f) => f.piece);
+    this.inflight = [];
+    log('ino %d: extent %d failed (%s); %d pieces move to a new extent', this.owner.ino, this.extentId, e.message, pieces.length);
+    if (pieces.length === 0) return;
+    if (!isRetryableWrite(e) || Date.now() >= Math.min(...pieces.map((p) => p.deadline))) {
+      for (const p of pieces) p.reject(e);
+      return;
+    }
+    const next = new ExtentWriter(this.owner, pieces[0]!.fileOffset, pieces, e);
+    if (this.retiring) next.retire();
+    this.owner.onReplace(this, next);
+  }
+
+  private maybeClose(): void {
+    if (this.retiring && this.inflight.length === 0 && this.queued.length === 0 && this.state === 'open') {
+      this.conn?.close();
+      this.conn = null;
+      this.state = 'failed';
+    }
+  }
+}
+
+/** Write failures worth a new extent: everything but a bad request of ours. */
+function isRetryableWrite(e: Error): boolean {
+  if (e instanceof CubeFSError && e.result !== undefined) {
+    return e.result !== Result.ArgMismatch && e.result !== Result.NotPerm && e.result !== Result.Forbid && e.result !== Result.WriteOpOfProtoVerForbidden;
+  }
+  return !(e instanceof CubeFSError && (e.code === ErrorCode.Closed || e.code === ErrorCode.Invalid));
+}
+
+export class NoTinyExtent extends Error {}
+
+/**
+ * One piece to a tiny extent. Resolves with its key; throws NoTinyExtent when the datanode has no
+ * tiny extent to give (the caller falls back to a normal extent).
+ */
+export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKey> {
+  let lastErr: Error | undefined;
+  for (let attempt = 0; ; attempt++) {
+    let dp: DataPartitionView | undefined;
+    try {
+      dp = await core.parts.pick(p.deadline, lastErr);
+      const req = newPacket({
+        opcode: p.sync ? Op.SyncWrite : Op.Write, extentType: ExtentType.Tiny, partitionId: dp.PartitionID, extentId: 0,
+        extentOffset: 0, kernelOffset: p.fileOffset, reqId: nextReqId(), arg: followerArg(dp), remainingFollowers: remainingFollowers(dp),
+        data: p.data, crc: p.crc,
+      });
+      const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
+      if (reply.resultCode === Result.DiskNoSpace && reply.data.toString('utf8').includes('no available extent')) {
+        throw new NoTinyExtent(reply.data.toString('utf8'));
+      }
+      if (reply.resultCode !== Result.Ok) throw replyError(reply, `tiny write to partition ${dp.PartitionID} (${dp.Hosts[0]})`);
+      return { FileOffset: p.fileOffset, PartitionId: dp.PartitionID, ExtentId: reply.extentId, ExtentOffset: reply.extentOffset, Size: p.data.length, CRC: 0 };
+    } catch (e) {
+      if (e instanceof NoTinyExtent) throw e;
+      lastErr = e as Error;
+      if (dp) core.parts.exclude(dp.PartitionID);
+      if (!isRetryableWrite(lastErr) || Date.now() >= p.deadline || (e instanceof CubeFSError && e.code === ErrorCode.NoPartition)) throw e;
+      await sleep(backoffMs(attempt));
+    }
+  }
+}
+
+/** Overwrite [fileOffset, +data.length) inside `key`'s extent, <= 128 KiB a packet, to the leader. */
+export async function randomWrite(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
+  const jobs: Promise<void>[] = [];
+  for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
+    const chunk = data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA));
+    jobs.push(randomWritePacket(core, key, fileOffset + o, chunk, sync, deadline));
+  }
+  await Promise.all(jobs);
+}
+
+async function randomWritePacket(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
+  const crc = crc32(data);
+  const extentOffset = key.ExtentOffset + (fileOffset - key.FileOffset);
+  const tiny = key.ExtentId >= 1 && key.ExtentId <= 64;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const dp = await core.parts.get(key.PartitionId);
+      const req = newPacket({
+        opcode: sync ? Op.SyncRandomWrite : Op.RandomWrite, extentType: tiny ? ExtentType.Tiny : ExtentType.Normal,
+        partitionId: key.PartitionId, extentId: key.ExtentId, extentOffset, kernelOffset: fileOffset, reqId: nextReqId(),
+        arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data, crc,
+      });
+      const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
+      if (reply.resultCode !== Result.Ok) throw replyError(reply, `overwrite partition ${key.PartitionId} extent ${key.ExtentId} (${dp.Hosts[0]})`);
+      return;
+    } catch (e) {
+      if (!isRetryable(e) || Date.now() >= deadline) throw e;
+      await sleep(backoffMs(attempt));
+      if (attempt % 3 === 2) await core.parts.refresh().catch(() => undefined);
+    }
+  }
+}
