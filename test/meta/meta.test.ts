@@ -257,3 +257,36 @@ t.test('malformed and misrouted requests get error replies', async (t) => {
   t.equal(hb.Partitions.length, 3);
   t.equal((await client.inodeGet(1)).ino, 1, 'the node still serves');
 });
+
+t.test('tx locks, rollback, and UnlinkInode retried with the same unique id', async (t) => {
+  const { addr, client } = await setup(t);
+  const f = await client.create(1, 'held', FILE, 0, 0);
+  const c = await PacketConn.connect(addr);
+  t.teardown(() => c.close());
+  const send = async (op: number, pid: number, body: unknown) => {
+    const r = await c.request(newPacket({ opcode: op, partitionId: pid, reqId: nextReqId(), data: Buffer.from(JSON.stringify(body)) }));
+    return { rc: r.resultCode, body: r.resultCode === Result.Ok && r.data.length ? JSON.parse(r.data.toString()) : null, text: r.data.toString() };
+  };
+  const created = await send(Op.MetaTxCreate, 1, { vol: VOL, pid: 1, tx: { TxID: '', TxType: 4, TmID: 1, Timeout: 1, TxInodeInfos: {}, TxDentryInfos: {} } });
+  t.equal(created.rc, Result.Ok);
+  const tx = created.body.tx;
+  t.match(tx.TxID, /^1_\d+$/);
+  const del = await send(Op.MetaTxDeleteDentry, 1, { vol: VOL, pid: 1, pino: 1, name: 'held', ino: f.ino, tx });
+  t.equal(del.rc, Result.Ok);
+  t.equal(del.body.ino, f.ino);
+  t.match(await failure(client.deleteDentry(1, 'held')), { result: Result.TxConflict }, 'a staged dentry is locked');
+  t.equal((await client.lookup(1, 'held')).ino, f.ino, 'not applied before commit');
+  const rb = await send(Op.TxRollback, 1, { tx: tx.TxID, tmid: 1, type: 2 });
+  t.equal(rb.rc, Result.Ok);
+  t.equal((await send(Op.TxCommit, 1, { tx: tx.TxID, tmid: 1, type: 1 })).rc, Result.NotExist, 'a rolled-back tx cannot commit');
+  t.equal(await client.deleteDentry(1, 'held'), f.ino, 'lock released by rollback');
+
+  const start = await client.getUniqId(f.ino, 1);
+  const u1 = await send(Op.MetaUnlinkInode, 1, { vol: VOL, pid: 1, ino: f.ino, uid: start });
+  const u2 = await send(Op.MetaUnlinkInode, 1, { vol: VOL, pid: 1, ino: f.ino, uid: start });
+  t.equal(u1.body.info.nlink, 0);
+  t.equal(u2.rc, Result.Ok);
+  t.equal(u2.body.info.nlink, 0, 'a retry does not unlink twice');
+  const l = await client.linkInode((await client.create(1, 'x', FILE, 0, 0)).ino);
+  t.equal(l.nlink, 2);
+});
