@@ -1,4 +1,6 @@
 import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
 import net from 'node:net';
 import { constants as osc } from 'node:os';
 import { MetaNode } from '../../src/cluster/metanode.js';
@@ -289,4 +291,36 @@ t.test('tx locks, rollback, and UnlinkInode retried with the same unique id', as
   t.equal(u2.body.info.nlink, 0, 'a retry does not unlink twice');
   const l = await client.linkInode((await client.create(1, 'x', FILE, 0, 0)).ino);
   t.equal(l.nlink, 2);
+});
+
+t.test('InodeFull: createInode moves on to the next read-write partition', async (t) => {
+  const dir = fs.mkdtempSync(os.tmpdir() + '/cubefs-');
+  const node = new MetaNode({ dir });
+  const addr = await node.start();
+  t.teardown(async () => {
+    await node.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const c = await PacketConn.connect(addr);
+  t.teardown(() => c.close());
+  for (const body of [
+    `{"VolName":"small","PartitionID":1,"Start":0,"End":3,"Members":["${addr}"]}`,
+    `{"VolName":"small","PartitionID":2,"Start":4,"End":9223372036854775807,"Members":["${addr}"]}`,
+    `{"VolName":"small","PartitionID":2,"Start":4,"End":9223372036854775807,"Members":["${addr}"]}`,
+  ]) {
+    const r = await c.request(newPacket({ opcode: 0x40, reqId: nextReqId(), data: Buffer.from(body) }));
+    t.equal(r.resultCode, Result.Ok, 'CreateMetaPartition (idempotent)');
+  }
+  const views = [
+    { PartitionID: 1, Start: 0, End: 3, Members: [addr], LeaderAddr: addr, Status: 2 },
+    { PartitionID: 2, Start: 4, End: 2 ** 63, Members: [addr], LeaderAddr: addr, Status: 2 },
+  ];
+  const mc = new MetaClient({ vol: 'small', source: new StaticSource(views) });
+  t.teardown(() => mc.close());
+  const inos: number[] = [];
+  for (let i = 0; i < 6; i++) inos.push((await mc.create(1, `f${i}`, FILE, 0, 0)).ino);
+  t.ok(inos.includes(2) && inos.includes(3), 'partition 1 filled');
+  t.equal(new Set(inos).size, 6);
+  t.ok(inos.filter((i) => i > 4).length === 4, 'the rest from partition 2');
+  t.equal((await mc.readdir(1)).length, 6);
 });
