@@ -132,6 +132,11 @@ export class MasterClient {
     }, { vol: name });
   }
 
+  /** Any other GET of the master API (admin views): the envelope's data, errors as above. */
+  async get(path: string, params: Record<string, string | number> = {}): Promise<unknown> {
+    return this.call<unknown>('GET', path, params, typeof params.name === 'string' ? { vol: params.name } : {});
+  }
+
   /** Drop idle keep-alive sockets. The client stays usable. */
   close(): void {
     this.agent.destroy();
