@@ -2,8 +2,11 @@
 // for now it only reports its build, so the install proves the toolchain works.
 #include <napi.h>
 
+#include "fuse/session.h"
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, 1));
+  cubefs::fuse::RegisterFuse(env, exports);
   return exports;
 }
 
