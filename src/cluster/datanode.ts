@@ -69,8 +69,6 @@ export class DataNode {
   private readonly parts = new Map<number, ExtentStore>();
   private address = '';
   private capacity = 0;
-  /** Bytes reserved by writes between the capacity check and the store's size update. */
-  private reserved = 0;
   private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0 };
   private readonly tiny: boolean;
 
@@ -132,7 +130,7 @@ export class DataNode {
   }
 
   private used(): number {
-    let n = this.reserved;
+    let n = 0;
     for (const p of this.parts.values()) n += p.used;
     return n;
   }
@@ -209,15 +207,14 @@ export class DataNode {
 
   private async createExtent(part: ExtentStore, req: Packet): Promise<Packet> {
     const followers = leaderFollowers(req);
-    if (followers.length === 0) {
-      if (req.extentId === 0) return errReply(req, Result.ArgMismatch, 'CreateExtent on a follower without an extent id');
+    if (req.extentId !== 0 && followers.length === 0) {
       await part.create(req.extentId);
       return newReply(req, Result.Ok, undefined, { extentId: req.extentId });
     }
     if (this.used() >= this.capacity) throw new NoSpace(`used ${this.used()} of ${this.capacity} bytes`);
     const id = await part.allocExtentId();
     const fwd = { ...req, extentId: id, arg: Buffer.alloc(0), remainingFollowers: 0 };
-    await Promise.all([part.create(id), this.forward(followers, fwd)]);
+    await Promise.all([part.create(id), followers.length > 0 ? this.forward(followers, fwd) : undefined]);
     return newReply(req, Result.Ok, undefined, { extentId: id });
   }
 
@@ -258,17 +255,13 @@ export class DataNode {
         return errReply(req, Result.DiskNoSpace, (e as Error).message);
       }
     }
-    this.reserved += growth;
-    try {
-      const local = part.write(extentId, extentOffset, data, sync);
-      if (followers.length > 0) {
-        const fwd: Packet = { ...req, extentId, extentOffset, arg: Buffer.alloc(0), remainingFollowers: 0 };
-        await Promise.all([local, this.forward(followers, fwd)]);
-      } else {
-        await local;
-      }
-    } finally {
-      this.reserved -= growth;
+    // the store grows the extent's size before its first await, so the next packet's check sees it
+    const local = part.write(extentId, extentOffset, data, sync);
+    if (followers.length > 0) {
+      const fwd: Packet = { ...req, extentId, extentOffset, arg: Buffer.alloc(0), remainingFollowers: 0 };
+      await Promise.all([local, this.forward(followers, fwd)]);
+    } else {
+      await local;
     }
     return newReply(req, Result.Ok, undefined, { extentId, extentOffset, remainingFollowers: req.remainingFollowers });
   }

@@ -83,9 +83,10 @@ export function followerArg(dp: DataPartitionView): Buffer {
   return Buffer.from(dp.Hosts.slice(1).map((h) => `${h}/`).join(''));
 }
 
+/** RemainingFollowers of a leader request: replicas - 1, or 127 for a single replica (upstream's marker). */
 export function remainingFollowers(dp: DataPartitionView): number {
   const n = Math.max(dp.ReplicaNum || dp.Hosts.length, 1) - 1;
-  return n > 0 ? n : 0;
+  return n > 0 ? n : 127;
 }
 
 /** An error reply as a CubeFSError; `retryable` as upstream's data client treats the code. */

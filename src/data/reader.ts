@@ -27,7 +27,7 @@ export async function readExtent(core: DataCore, r: ExtentRange, dst: Buffer, ds
   let lastErr: Error | undefined;
   for (let round = 0; ; round++) {
     const dp = await core.parts.get(r.partitionId);
-    let crcFailures = 0;
+    let crcFailures = 0, missing = 0;
     for (const host of dp.Hosts) {
       try {
         await readFrom(core, host, r, dst, dstOffset);
@@ -36,12 +36,14 @@ export async function readExtent(core: DataCore, r: ExtentRange, dst: Buffer, ds
         lastErr = e as Error;
         log('read partition %d extent %d from %s: %s', r.partitionId, r.extentId, host, lastErr.message);
         if (e instanceof CrcError) crcFailures++;
-        else if (!isRetryable(e) && !(e instanceof CubeFSError && e.result === Result.NotExist)) throw e;
+        else if (e instanceof CubeFSError && e.result === Result.NotExist) missing++;
+        else if (!isRetryable(e)) throw e;
       }
     }
     if (crcFailures === dp.Hosts.length) {
       throw new CubeFSError(ErrorCode.CrcMismatch, `read partition ${r.partitionId} extent ${r.extentId}: CRC mismatch on every replica (${lastErr?.message})`, { cause: lastErr });
     }
+    if (missing === dp.Hosts.length) throw lastErr!;
     if (Date.now() >= deadline) throw lastErr ?? new CubeFSError(ErrorCode.Timeout, `read partition ${r.partitionId}: retry budget spent`);
     await sleep(backoffMs(round));
     await core.parts.refresh().catch(() => undefined);

@@ -143,7 +143,7 @@ export class ExtentWriter {
         this.lastErr = e as Error;
         if (dp) core.parts.exclude(dp.PartitionID);
         log('ino %d: new extent failed: %s', this.owner.ino, (e as Error).message);
-        if (Date.now() >= deadline || (e instanceof CubeFSError && e.code === ErrorCode.NoPartition) || (e instanceof CubeFSError && e.code === ErrorCode.Closed)) {
+        if (Date.now() >= deadline || !isRetryableWrite(e as Error) || (e instanceof CubeFSError && e.code === ErrorCode.NoPartition)) {
           this.state = 'failed';
           const q = this.queued;
           this.queued = [];
