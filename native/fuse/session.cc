@@ -462,7 +462,7 @@ void Session::CleanupHook(void* arg) {
 }
 
 // mount(mountpoint, argv: string[], workers, maxWrite, maxRead, implemented: Uint8Array(kOpCount),
-//       onRequest: (op, id, args) => void): undefined. Throws an Error with errno on failure.
+//       onRequest: (op, id, args, uid, gid, pid) => void): undefined. Throws an Error with errno on failure.
 Napi::Value Session::Mount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (mounted_ || closed_) {
@@ -668,6 +668,10 @@ void Session::onInit(struct fuse_conn_info* conn) {
   conn->max_read = maxRead_;
   conn->max_readahead = maxWrite_;
   if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
+  // libfuse asks for READDIRPLUS because the op is wired; without a JS handler the kernel must use readdir.
+  if (!implemented_[static_cast<size_t>(Op::Readdirplus)]) {
+    conn->want &= ~(FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO);
+  }
 #ifdef FUSE_CAP_BIG_WRITES
   if (conn->capable & FUSE_CAP_BIG_WRITES) conn->want |= FUSE_CAP_BIG_WRITES;
 #endif
@@ -787,9 +791,6 @@ void Session::deliver(Napi::Env env, Napi::Function cb, uint64_t id) {
   auto fh = [&]() {
     if (r->hasFh) num("fh", static_cast<double>(r->fh));
   };
-  num("uid", r->uid);
-  num("gid", r->gid);
-  num("pid", r->pid);
   switch (r->op) {
     case Op::Lookup: case Op::Unlink: case Op::Rmdir:
       num("parent", r->ino);
@@ -826,7 +827,6 @@ void Session::deliver(Napi::Env env, Napi::Function cb, uint64_t id) {
       if (v & FUSE_SET_ATTR_ATIME) num("atime", TimespecToMs(r->attr.st_atim));
       if (v & FUSE_SET_ATTR_MTIME) num("mtime", TimespecToMs(r->attr.st_mtim));
       if (v & FUSE_SET_ATTR_CTIME) num("ctime", TimespecToMs(r->attr.st_ctim));
-      // The caller's uid/gid are in ctx; the attribute ones replace them in `a` only when set.
       break;
     }
     case Op::Mknod: case Op::Mkdir: case Op::Create:
@@ -949,8 +949,8 @@ void Session::deliver(Napi::Env env, Napi::Function cb, uint64_t id) {
     case Op::Count:
       break;
   }
-  cb.Call({Napi::Number::New(env, static_cast<double>(r->op)), Napi::Number::New(env, static_cast<double>(id)),
-           a});
+  cb.Call({Napi::Number::New(env, static_cast<double>(r->op)), Napi::Number::New(env, static_cast<double>(id)), a,
+           Napi::Number::New(env, r->uid), Napi::Number::New(env, r->gid), Napi::Number::New(env, r->pid)});
 }
 
 // ---- JS thread: replies. Each returns true when sent, false when the id is not outstanding. ----

@@ -1,0 +1,66 @@
+/**
+ * The addon's FUSE exports, typed. The addon is found by walking up from this module to build/Release
+ * (this file runs from dist/src/fuse/).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { FUSE_OP_COUNT, FuseOp, type NativeStats } from './types.js';
+
+export type OnRequest = (op: number, id: number, args: Record<string, unknown>, uid: number, gid: number, pid: number) => void;
+export type OnEvent = (kind: 'init' | 'ended', info: Record<string, number>) => void;
+
+/** native/fuse/session.h Session. Reply methods return false when the id is not outstanding. */
+export interface NativeSession {
+  mount(mountpoint: string, argv: string[], workers: number, maxWrite: number, maxRead: number,
+    implemented: Uint8Array, onRequest: OnRequest): void;
+  close(): void;
+  stats(): NativeStats;
+  replyErr(id: number, errno: number): boolean;
+  replyNone(id: number): boolean;
+  replyEntry(id: number, attr: Float64Array, generation: number, attrTimeout: number, entryTimeout: number): boolean;
+  replyCreate(id: number, attr: Float64Array, generation: number, attrTimeout: number, entryTimeout: number,
+    fh: number, openFlags: number): boolean;
+  replyAttr(id: number, attr: Float64Array, timeout: number): boolean;
+  replyOpen(id: number, fh: number, openFlags: number): boolean;
+  replyWrite(id: number, count: number): boolean;
+  replyBuf(id: number, data?: Uint8Array): boolean;
+  replyStatfs(id: number, st: Float64Array): boolean;
+  replyReadlink(id: number, target: string): boolean;
+  replyXattr(id: number, size: number): boolean;
+  replyLseek(id: number, offset: number): boolean;
+  dirAdd(id: number, name: string, ino: number, mode: number, nextOffset: number): boolean;
+  dirAddPlus(id: number, name: string, attr: Float64Array, generation: number, attrTimeout: number,
+    entryTimeout: number, nextOffset: number): boolean;
+  replyDir(id: number): boolean;
+}
+
+interface Addon {
+  FuseSession: new (onEvent: OnEvent) => NativeSession;
+  fuseOpNames: string[];
+  fuseVersion: number;
+}
+
+function findAddon(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const p = path.join(dir, 'build', 'Release', 'cubefs_native.node');
+    if (fs.existsSync(p)) return p;
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('cubefs_native.node not found: run `npx node-gyp rebuild`');
+    dir = up;
+  }
+}
+
+let addon: Addon | null = null;
+
+export function fuseAddon(): Addon {
+  if (addon) return addon;
+  const a = createRequire(import.meta.url)(findAddon()) as Addon;
+  if (a.fuseOpNames.length !== FUSE_OP_COUNT || a.fuseOpNames.some((n, i) => FuseOp[i] !== n)) {
+    throw new Error(`native FUSE op table does not match FuseOp: ${a.fuseOpNames.join(',')}`);
+  }
+  addon = a;
+  return a;
+}
