@@ -3,7 +3,9 @@
  * selector and one FileStream per open inode (refcounted: open() adds a reference, FileStream.release()
  * drops one). close() flushes every open stream, then closes what it owns.
  */
+import { constants as os } from 'node:os';
 import { ConnPool } from '../transport/tcp.js';
+import { CubeFSError, ErrorCode } from '../util/errors.js';
 import { PartitionSelector, type DataCore, type DataPartitionSource } from './partitions.js';
 import { FileStream, type ExtentMetaOps, type StreamHost } from './stream.js';
 import { log } from './partitions.js';
@@ -41,7 +43,7 @@ export class DataClient implements StreamHost {
 
   /** The shared stream of `ino`, with one more reference. */
   open(ino: number): FileStream {
-    if (this.closed) throw new Error('DataClient is closed');
+    if (this.closed) throw new CubeFSError(ErrorCode.Closed, 'DataClient is closed', { errno: os.errno.EBADF });
     let s = this.streams.get(ino);
     if (!s) {
       s = new FileStream(this, ino);
@@ -49,6 +51,11 @@ export class DataClient implements StreamHost {
     }
     s.refs++;
     return s;
+  }
+
+  /** The open stream of `ino`, if any, without taking a reference (stat and truncate consult it). */
+  peek(ino: number): FileStream | undefined {
+    return this.streams.get(ino);
   }
 
   forget(s: FileStream): void {

@@ -295,7 +295,14 @@ export class MetaClient {
 
   // --- xattrs (values travel as JSON strings, as upstream's Go string fields) ---
 
+  /**
+   * Upstream carries xattr values as JSON strings, so bytes that are not UTF-8 would come back altered
+   * (U+FFFD). Such values are refused with EINVAL instead of being stored wrong.
+   */
   async setXAttr(ino: number, key: string, value: Buffer): Promise<void> {
+    if (!Buffer.from(value.toString('utf8'), 'utf8').equals(value)) {
+      throw new CubeFSError(ErrorCode.Invalid, `setXAttr ino=${ino} key=${key}: the value is not UTF-8 text, which CubeFS cannot store unchanged`, { errno: E.EINVAL });
+    }
     await this.send(await this.partitionOf(ino), Op.MetaSetXAttr, { ino, key, val: value.toString('utf8') }, `setXAttr ino=${ino} key=${key}`);
   }
 

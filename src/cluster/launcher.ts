@@ -1,0 +1,224 @@
+/**
+ * The embedded cluster: one master, one metanode, three datanodes on loopback, each a child process
+ * (or, for fast tests, in this process). The layout lives in DIR/cluster.json so a restart comes back on
+ * the same ports with the same data. A node that dies unexpectedly is restarted by the launcher, as a
+ * service manager would, so a killed datanode comes back and writes resume.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { MasterClient } from '../master/client.js';
+import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
+import { logger } from '../util/log.js';
+import { DataNode } from './datanode.js';
+import { Master } from './master.js';
+import { MetaNode } from './metanode.js';
+
+const log = logger('cluster');
+const NODE_MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'node-main.js');
+
+export type Role = 'master' | 'metanode' | 'datanode';
+
+export interface ClusterOptions {
+  dir: string;
+  /** Address the nodes listen on. Loopback unless the user asks otherwise. */
+  host?: string;
+  /** Master port; 0 picks a free one. Other nodes get free ports. Reused on restart. */
+  masterPort?: number;
+  vol?: string;
+  owner?: string;
+  capacityGB?: number;
+  dataPartitions?: number;
+  /** Child processes (default) or in this process. */
+  processes?: boolean;
+  /** Restart a node process that exits unexpectedly (default true with processes). */
+  supervise?: boolean;
+  /** Datanode capacity in bytes (tests of a full disk). */
+  datanodeCapacity?: number;
+  heartbeatMs?: number;
+}
+
+interface Layout {
+  host: string;
+  master: string;
+  metanode: string;
+  datanodes: string[];
+  vol: string;
+  owner: string;
+}
+
+interface Running {
+  role: Role;
+  index: number;
+  dir: string;
+  addr: string;
+  child?: ChildProcess;
+  inproc?: { stop(): Promise<void> };
+  stopping: boolean;
+}
+
+export class EmbeddedCluster {
+  readonly dir: string;
+  private readonly opts: ClusterOptions;
+  private layout!: Layout;
+  private readonly nodes: Running[] = [];
+  private stopped = false;
+
+  private constructor(opts: ClusterOptions) {
+    this.opts = opts;
+    this.dir = path.resolve(opts.dir);
+  }
+
+  get masterAddr(): string { return this.layout.master; }
+  get metanodeAddr(): string { return this.layout.metanode; }
+  get datanodeAddrs(): string[] { return [...this.layout.datanodes]; }
+  get vol(): string { return this.layout.vol; }
+  get owner(): string { return this.layout.owner; }
+
+  static async start(opts: ClusterOptions): Promise<EmbeddedCluster> {
+    const c = new EmbeddedCluster(opts);
+    try {
+      await c.boot();
+    } catch (e) {
+      await c.stop();
+      throw e;
+    }
+    return c;
+  }
+
+  private layoutFile(): string {
+    return path.join(this.dir, 'cluster.json');
+  }
+
+  private async boot(): Promise<void> {
+    fs.mkdirSync(this.dir, { recursive: true });
+    const saved: Layout | null = fs.existsSync(this.layoutFile()) ? JSON.parse(fs.readFileSync(this.layoutFile(), 'utf8')) : null;
+    const host = saved?.host ?? this.opts.host ?? '127.0.0.1';
+    const at = (addr: string | undefined): string => addr ?? `${host}:0`;
+    const meta = await this.startNode('metanode', 0, at(saved?.metanode));
+    const datas: string[] = [];
+    for (let i = 0; i < 3; i++) datas.push(await this.startNode('datanode', i, at(saved?.datanodes[i])));
+    const masterListen = saved?.master ?? `${host}:${this.opts.masterPort ?? 0}`;
+    const master = await this.startNode('master', 0, masterListen, { metanodes: [meta], datanodes: datas });
+    this.layout = {
+      host, master, metanode: meta, datanodes: datas,
+      vol: saved?.vol ?? this.opts.vol ?? 'cubefs', owner: saved?.owner ?? this.opts.owner ?? 'cubefs',
+    };
+    const tmp = this.layoutFile() + '.tmp';
+    fs.writeFileSync(tmp, JSON.stringify(this.layout, null, 2));
+    fs.renameSync(tmp, this.layoutFile());
+    if (!saved) {
+      const mc = new MasterClient(master);
+      await mc.createVolume(this.layout.vol, this.layout.owner, {
+        capacityGB: this.opts.capacityGB ?? 100,
+        replicaNum: 3,
+      });
+    }
+  }
+
+  private nodeDir(role: Role, index: number): string {
+    return path.join(this.dir, role === 'datanode' ? `datanode${index + 1}` : role);
+  }
+
+  private async startNode(role: Role, index: number, listen: string, peers?: { metanodes: string[]; datanodes: string[] }): Promise<string> {
+    const dir = this.nodeDir(role, index);
+    fs.mkdirSync(dir, { recursive: true });
+    const run: Running = { role, index, dir, addr: listen, stopping: false };
+    if (this.opts.processes === false) {
+      const node =
+        role === 'master' ? new Master({ dir, listen, metanodes: peers!.metanodes, datanodes: peers!.datanodes, ...(this.opts.heartbeatMs ? { heartbeatMs: this.opts.heartbeatMs } : {}) })
+        : role === 'metanode' ? new MetaNode({ dir, listen })
+        : new DataNode({ dir, listen, ...(this.opts.datanodeCapacity ? { capacityBytes: this.opts.datanodeCapacity } : {}) });
+      run.addr = await node.start();
+      run.inproc = node;
+    } else {
+      const args = [NODE_MAIN, role, '--dir', dir, '--listen', listen];
+      if (peers) args.push('--metanodes', peers.metanodes.join(','), '--datanodes', peers.datanodes.join(','));
+      if (role === 'datanode' && this.opts.datanodeCapacity) args.push('--capacity', String(this.opts.datanodeCapacity));
+      if (role === 'master' && this.opts.heartbeatMs) args.push('--heartbeat-ms', String(this.opts.heartbeatMs));
+      run.addr = await this.spawnNode(run, args);
+    }
+    this.nodes.push(run);
+    log('%s%s serving on %s', role, role === 'datanode' ? index + 1 : '', run.addr);
+    return run.addr;
+  }
+
+  private spawnNode(run: Running, args: string[]): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'], env: process.env });
+      run.child = child;
+      let stderr = '';
+      let ready = false;
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr = (stderr + d.toString()).slice(-4000);
+        if (ready) process.stderr.write(d);
+      });
+      readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (ready) return;
+        try {
+          const msg = JSON.parse(line) as { addr: string };
+          ready = true;
+          resolve(msg.addr);
+        } catch {
+          log('%s: %s', run.role, line);
+        }
+      });
+      child.on('exit', (code, signal) => {
+        if (!ready) {
+          reject(new CubeFSError(ErrorCode.Invalid, `${run.role} failed to start (exit ${code ?? signal}): ${stderr.trim()}`));
+          return;
+        }
+        if (run.stopping || this.stopped || this.opts.supervise === false) return;
+        log('%s at %s exited (%s); restarting', run.role, run.addr, code ?? signal);
+        void this.restart(run, args);
+      });
+    });
+  }
+
+  private async restart(run: Running, args: string[]): Promise<void> {
+    for (let attempt = 0; !this.stopped && !run.stopping; attempt++) {
+      await sleep(Math.min(200 * 2 ** attempt, 2000));
+      if (this.stopped || run.stopping) return;
+      const listenAt = args.indexOf('--listen');
+      args[listenAt + 1] = run.addr;
+      try {
+        await this.spawnNode(run, args);
+        log('%s back on %s', run.role, run.addr);
+        return;
+      } catch (e) {
+        log('%s restart failed: %s', run.role, (e as Error).message);
+      }
+    }
+  }
+
+  /** The process of a node (tests kill it). */
+  pid(role: Role, index = 0): number | undefined {
+    return this.nodes.find((n) => n.role === role && n.index === index)?.child?.pid;
+  }
+
+  /** Send a signal to a node process; with supervision on, it comes back by itself. */
+  kill(role: Role, index = 0, signal: NodeJS.Signals = 'SIGKILL'): void {
+    const n = this.nodes.find((x) => x.role === role && x.index === index);
+    if (!n?.child) throw new CubeFSError(ErrorCode.Invalid, `no ${role} ${index} process to kill`);
+    n.child.kill(signal);
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    // Reverse order of start: master first, then data and meta nodes.
+    for (const n of [...this.nodes].reverse()) {
+      n.stopping = true;
+      if (n.inproc) await n.inproc.stop();
+      else if (n.child && n.child.exitCode === null && n.child.signalCode === null) {
+        const done = new Promise<void>((r) => n.child!.once('exit', () => r()));
+        n.child.kill('SIGTERM');
+        const t = setTimeout(() => n.child!.kill('SIGKILL'), 5000);
+        await done;
+        clearTimeout(t);
+      }
+    }
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * One embedded-cluster node as a process of its own, so a test (or a person) can kill it.
+ *
+ *   node dist/src/cluster/node-main.js ROLE --dir DIR --listen HOST:PORT [--metanodes A] [--datanodes A,B,C]
+ *
+ * Prints one JSON line {"role","addr"} on stdout when it serves, and stops cleanly on SIGTERM/SIGINT.
+ */
+import { parseArgs } from 'node:util';
+import { DataNode } from './datanode.js';
+import { Master } from './master.js';
+import { MetaNode } from './metanode.js';
+
+interface Node { start(): Promise<string>; stop(): Promise<void> }
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      dir: { type: 'string' },
+      listen: { type: 'string', default: '127.0.0.1:0' },
+      metanodes: { type: 'string', default: '' },
+      datanodes: { type: 'string', default: '' },
+      capacity: { type: 'string' },
+      'heartbeat-ms': { type: 'string' },
+    },
+  });
+  const role = positionals[0];
+  const dir = values.dir;
+  if (!dir) throw new Error('--dir is required');
+  const list = (s: string): string[] => s.split(',').filter(Boolean);
+  let node: Node;
+  switch (role) {
+    case 'master':
+      node = new Master({
+        dir, listen: values.listen, metanodes: list(values.metanodes), datanodes: list(values.datanodes),
+        ...(values['heartbeat-ms'] ? { heartbeatMs: Number(values['heartbeat-ms']) } : {}),
+      });
+      break;
+    case 'metanode':
+      node = new MetaNode({ dir, listen: values.listen });
+      break;
+    case 'datanode':
+      node = new DataNode({ dir, listen: values.listen, ...(values.capacity ? { capacityBytes: Number(values.capacity) } : {}) });
+      break;
+    default:
+      throw new Error(`unknown role "${role}" (want master, metanode or datanode)`);
+  }
+  const addr = await node.start();
+  process.stdout.write(JSON.stringify({ role, addr }) + '\n');
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    node.stop().then(() => process.exit(0), (e: Error) => {
+      process.stderr.write(`${role}: stop failed: ${e.message}\n`);
+      process.exit(1);
+    });
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
+  // The launcher closes our stdin when it goes away: a node never outlives its cluster.
+  process.stdin.on('end', stop);
+  process.stdin.resume();
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`cubefs node: ${e.message}\n`);
+  process.exit(1);
+});
