@@ -1,3 +1,4 @@
+import { goldenUrl } from '../support/shared.js';
 import t from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -13,7 +14,7 @@ import { TestAdminPeer } from './peer.js';
 /** The subtest object tap hands a test function. */
 type TT = Parameters<Parameters<typeof t.test>[0]>[0];
 
-const GOLDEN = new URL('../../../../shared/golden/cubefs-real/', import.meta.url);
+const GOLDEN = goldenUrl();
 const goldenData = (f: string): unknown => (JSON.parse(fs.readFileSync(new URL(f, GOLDEN), 'utf8')) as { data: unknown }).data;
 
 interface Cluster {

@@ -3,6 +3,7 @@
  * client sends carry the keys upstream's client sent, and a transactional rename uses upstream's tx ops.
  * A recording proxy between MetaClient and MetaNode sees the real bytes.
  */
+import { goldenUrl } from '../support/shared.js';
 import t from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -10,7 +11,7 @@ import { MetaClient } from '../../src/meta/client.js';
 import { GoMode, Op, PacketReader, type Packet } from '../../src/proto/index.js';
 import { setup, StaticSource, viewsFor, VOL } from './helpers.js';
 
-const GOLDEN = new URL('../../../../shared/golden/cubefs-real/client_session_decoded.txt', import.meta.url);
+const GOLDEN = goldenUrl('client_session_decoded.txt');
 
 /** Keys at depth 1 (and, under `nested`, depth 2) of a JSON object text that may be cut short. */
 function keysOf(text: string, nested?: string): string[] {

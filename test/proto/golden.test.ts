@@ -3,6 +3,7 @@
  * master replies through MasterClient over real HTTP, and every meta and data packet of the capture
  * through the packet codec, byte for byte, cross-checked with the capture's decoded listing.
  */
+import { goldenUrl } from '../support/shared.js';
 import t from 'tap';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -26,7 +27,7 @@ import {
 import { CubeFSError, ErrorCode } from '../../src/util/errors.js';
 import { readPcap, reassemble, LinkType, type TcpStream } from '../support/pcap.js';
 
-const GOLDEN = new URL('../../../../shared/golden/cubefs-real/', import.meta.url);
+const GOLDEN = goldenUrl();
 const golden = (f: string): Buffer => fs.readFileSync(new URL(f, GOLDEN));
 
 type TT = Parameters<Parameters<typeof t.test>[0]>[0];
