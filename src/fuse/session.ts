@@ -131,6 +131,16 @@ function onSignal(sig: NodeJS.Signals): void {
     if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
   });
 }
+// process.exit() runs no native cleanup hook on the main thread: close what is still mounted, synchronously.
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const s of [...live]) void s.unmount();
+  });
+}
+
 function installSignals(): void {
   if (signalsInstalled) return;
   signalsInstalled = true;
@@ -245,6 +255,7 @@ export class FuseSession extends EventEmitter {
       throw new FuseError((e as Error).message, errnoOf(e), this.mountpoint, e);
     }
     live.add(this);
+    installExitHook();
     if (this.handleSignals) installSignals();
     try {
       await inited;
@@ -257,7 +268,16 @@ export class FuseSession extends EventEmitter {
 
   /** Unmounts (lazily if busy) and closes. Idempotent; resolves after 'unmounted'. */
   unmount(): Promise<void> {
-    this.unmounting ??= Promise.resolve().then(() => this.finish());
+    if (!this.unmounting) {
+      // The work is synchronous (it must be, for the 'exit' hook); the promise is for callers.
+      let failure: unknown = null;
+      try {
+        this.finish();
+      } catch (e) {
+        failure = e;
+      }
+      this.unmounting = failure === null ? Promise.resolve() : Promise.reject(failure);
+    }
     return this.unmounting;
   }
 
