@@ -1,0 +1,627 @@
+/**
+ * The POSIX file system: FUSE ops mapped onto the CubeFS SDK.
+ *
+ * This layer owns what the kernel's view needs and CubeFS does not keep:
+ * - lookup counts: every entry we hand out (lookup, create, mkdir, link, readdirplus ...) counts one; forget
+ *   balances it. An inode whose link count reached 0 is evicted at the metanode only when its lookup count
+ *   reaches 0 (the kernel holds one while the file is open), which is what makes unlink-while-open work.
+ * - file and directory handles: a file handle holds the inode's shared FileStream; a directory handle holds
+ *   the listing taken at opendir, so readdir offsets stay stable while the directory changes.
+ * - a short attribute cache (attrValid), invalidated by every change made through this mount.
+ * Every handler replies exactly once (the session asserts it); errors are errno values from the SDK's
+ * single result-code table (errnoOf).
+ */
+import { constants as osc } from 'node:os';
+import type { CubeFSClient } from '../sdk/client.js';
+import type { FileStream } from '../data/index.js';
+import { goModeToPosix, isGoDir, posixToGoMode, fromRfc3339, S_IFMT, S_IFDIR, S_IFLNK, S_IFREG, S_IFIFO, S_IFSOCK, type InodeInfo } from '../proto/index.js';
+import { errnoOf } from '../util/errors.js';
+import { logger } from '../util/log.js';
+import {
+  SetattrValid,
+  type AccessArgs, type Attr, type AttrReply, type CopyFileRangeArgs, type CreateArgs, type CreateReply, type DirPlusReply,
+  type DirReply, type Entry, type EntryReply, type ErrReply, type FallocateArgs, type FlushArgs, type ForgetArgs,
+  type ForgetMultiArgs, type FsyncArgs, type FuseOps, type GetattrArgs, type GetxattrArgs, type InoArgs, type LinkArgs,
+  type ListxattrArgs, type MkdirArgs, type MknodArgs, type NameArgs, type NoneReply, type OpenArgs, type OpenReplies,
+  type ReadArgs, type ReaddirArgs, type ReadlinkReply, type ReleaseArgs, type ReleasedirArgs, type RemovexattrArgs,
+  type RenameArgs, type Req, type SetattrArgs, type SetxattrArgs, type StatfsReplies, type SymlinkArgs,
+  type BufReply, type WriteArgs, type WriteReply, type XattrReply,
+} from '../fuse/types.js';
+
+const log = logger('fs');
+const E = osc.errno;
+const ROOT = 1;
+const BLOCK = 4096;
+const RENAME_NOREPLACE = 1;
+const RENAME_EXCHANGE = 2;
+const XATTR_CREATE = 1;
+const XATTR_REPLACE = 2;
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const O_SYNC = 0o4010000;
+
+export interface FsOptions {
+  /** Seconds the kernel may cache attributes (upstream's attrValid). */
+  attrValid?: number;
+  /** Seconds the kernel may cache names (upstream's lookupValid). */
+  lookupValid?: number;
+  readOnly?: boolean;
+  /** fsync the data on every close (upstream's fsyncOnClose); flush always waits for the replicas. */
+  fsyncOnClose?: boolean;
+}
+
+interface FileHandle {
+  ino: number;
+  stream: FileStream;
+  flags: number;
+}
+
+interface DirHandle {
+  ino: number;
+  entries: { name: string; ino: number; mode: number }[];
+}
+
+interface CachedInode {
+  info: InodeInfo;
+  expires: number;
+}
+
+/** POSIX errno values a local file system gives, by wire result, when the SDK's default is not precise enough. */
+function fail(req: ErrReply, e: unknown, what: string): void {
+  const n = errnoOf(e);
+  if (n === E.EIO) log('%s: %s', what, (e as Error)?.stack ?? e);
+  req.err(n);
+}
+
+export class CubeFileSystem implements FuseOps {
+  private readonly attrValid: number;
+  private readonly lookupValid: number;
+  private readonly readOnly: boolean;
+  private readonly fsyncOnClose: boolean;
+  /** Kernel lookup counts. */
+  private readonly lookups = new Map<number, number>();
+  /** Inodes whose last link went away while the kernel still knew them: evicted at the last forget. */
+  private readonly orphans = new Set<number>();
+  private readonly files = new Map<number, FileHandle>();
+  private readonly dirs = new Map<number, DirHandle>();
+  private readonly cache = new Map<number, CachedInode>();
+  private nextFh = 1;
+
+  constructor(private readonly client: CubeFSClient, opts: FsOptions = {}) {
+    this.attrValid = opts.attrValid ?? 1;
+    this.lookupValid = opts.lookupValid ?? 1;
+    this.readOnly = opts.readOnly ?? false;
+    this.fsyncOnClose = opts.fsyncOnClose ?? false;
+  }
+
+  get meta(): CubeFSClient['meta'] {
+    return this.client.meta;
+  }
+
+  // ---- attributes ----
+
+  private async inode(ino: number, fresh = false): Promise<InodeInfo> {
+    const c = this.cache.get(ino);
+    if (!fresh && c && c.expires > Date.now()) return c.info;
+    const info = await this.meta.inodeGet(ino);
+    this.remember(info);
+    return info;
+  }
+
+  private remember(info: InodeInfo): void {
+    this.cache.set(info.ino, { info, expires: Date.now() + this.attrValid * 1000 });
+  }
+
+  private forgetCached(...inos: number[]): void {
+    for (const i of inos) this.cache.delete(i);
+  }
+
+  private attrOf(info: InodeInfo): Attr {
+    const stream = this.client.data.peek(info.ino);
+    const size = stream ? Math.max(stream.size, info.sz) : info.sz;
+    const mode = goModeToPosix(info.mode);
+    const isLink = (mode & S_IFMT) === S_IFLNK;
+    const linkLen = isLink && info.tgt ? Buffer.from(info.tgt, 'base64').length : 0;
+    return {
+      ino: info.ino,
+      mode,
+      nlink: info.nlink,
+      uid: info.uid,
+      gid: info.gid,
+      size: isLink ? linkLen : (mode & S_IFMT) === S_IFDIR ? BLOCK : size,
+      blocks: Math.ceil(size / 512),
+      blksize: BLOCK,
+      atimeMs: fromRfc3339(info.at) * 1000,
+      mtimeMs: fromRfc3339(info.mt) * 1000,
+      ctimeMs: fromRfc3339(info.ct) * 1000,
+    };
+  }
+
+  /** An entry for the kernel: counts one lookup. */
+  private entry(info: InodeInfo): Entry {
+    this.lookups.set(info.ino, (this.lookups.get(info.ino) ?? 0) + 1);
+    this.remember(info);
+    return { attr: this.attrOf(info), attrTimeout: this.attrValid, entryTimeout: this.lookupValid };
+  }
+
+  private ro(req: ErrReply): boolean {
+    if (this.readOnly) req.err(E.EROFS);
+    return this.readOnly;
+  }
+
+  // ---- names ----
+
+  async lookup(req: Req<EntryReply>, a: NameArgs): Promise<void> {
+    try {
+      const { ino } = await this.meta.lookup(a.parent, a.name);
+      req.entry(this.entry(await this.inode(ino, true)));
+    } catch (e) {
+      fail(req, e, `lookup ${a.parent}/${a.name}`);
+    }
+  }
+
+  forget(req: Req<NoneReply>, a: ForgetArgs): void {
+    this.drop(a.ino, a.nlookup);
+    req.none();
+  }
+
+  forgetMulti(req: Req<NoneReply>, a: ForgetMultiArgs): void {
+    for (const f of a.forgets) this.drop(f.ino, f.nlookup);
+    req.none();
+  }
+
+  private drop(ino: number, n: number): void {
+    const left = (this.lookups.get(ino) ?? 0) - n;
+    if (left > 0) {
+      this.lookups.set(ino, left);
+      return;
+    }
+    this.lookups.delete(ino);
+    this.forgetCached(ino);
+    if (this.orphans.delete(ino)) {
+      this.meta.evictInode(ino).catch((e: Error) => log('evict %d: %s', ino, e.message));
+    }
+  }
+
+  /** After an unlink or an overwriting rename: evict now, or at the last forget if the kernel knows it. */
+  private unlinked(info: InodeInfo | null): void {
+    if (!info) return;
+    this.forgetCached(info.ino);
+    if (info.nlink > 0 && !isGoDir(info.mode)) return;
+    if (this.lookups.has(info.ino)) this.orphans.add(info.ino);
+    else this.meta.evictInode(info.ino).catch((e: Error) => log('evict %d: %s', info.ino, e.message));
+  }
+
+  async getattr(req: Req<AttrReply>, a: GetattrArgs): Promise<void> {
+    try {
+      req.attr(this.attrOf(await this.inode(a.ino)), this.attrValid);
+    } catch (e) {
+      fail(req, e, `getattr ${a.ino}`);
+    }
+  }
+
+  async setattr(req: Req<AttrReply>, a: SetattrArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      const v = a.valid;
+      if (v & SetattrValid.SIZE) {
+        const stream = this.client.data.peek(a.ino);
+        if (stream) await stream.flush();
+        await this.meta.truncate(a.ino, a.size!);
+        stream?.truncated(a.size!);
+      }
+      const attrs: { mode?: number; uid?: number; gid?: number; mtime?: number; atime?: number } = {};
+      if (v & SetattrValid.MODE) {
+        const cur = await this.inode(a.ino);
+        attrs.mode = posixToGoMode((goModeToPosix(cur.mode) & S_IFMT) | (a.mode! & 0o7777));
+      }
+      if (v & SetattrValid.UID) attrs.uid = a.uid!;
+      if (v & SetattrValid.GID) attrs.gid = a.gid!;
+      const now = Math.floor(Date.now() / 1000);
+      if (v & SetattrValid.ATIME) attrs.atime = v & SetattrValid.ATIME_NOW ? now : Math.floor(a.atime! / 1000);
+      if (v & SetattrValid.MTIME) attrs.mtime = v & SetattrValid.MTIME_NOW ? now : Math.floor(a.mtime! / 1000);
+      if (Object.keys(attrs).length > 0) await this.meta.setattr(a.ino, attrs);
+      this.forgetCached(a.ino);
+      req.attr(this.attrOf(await this.inode(a.ino, true)), this.attrValid);
+    } catch (e) {
+      fail(req, e, `setattr ${a.ino}`);
+    }
+  }
+
+  async readlink(req: Req<ReadlinkReply>, a: InoArgs): Promise<void> {
+    try {
+      const info = await this.inode(a.ino);
+      if ((goModeToPosix(info.mode) & S_IFMT) !== S_IFLNK) return req.err(E.EINVAL);
+      req.readlink(Buffer.from(info.tgt ?? '', 'base64').toString());
+    } catch (e) {
+      fail(req, e, `readlink ${a.ino}`);
+    }
+  }
+
+  /** Ownership of a new inode: the caller's, with the group of a setgid parent (and setgid on directories). */
+  private async owner(req: { uid: number; gid: number }, parent: number, mode: number): Promise<{ uid: number; gid: number; mode: number }> {
+    const p = await this.inode(parent);
+    const pmode = goModeToPosix(p.mode);
+    if (pmode & 0o2000) return { uid: req.uid, gid: p.gid, mode: (mode & S_IFMT) === S_IFDIR ? mode | 0o2000 : mode };
+    return { uid: req.uid, gid: req.gid, mode };
+  }
+
+  private async make(req: Req<EntryReply> | Req<CreateReply>, parent: number, name: string, mode: number, target?: Buffer): Promise<InodeInfo> {
+    const o = await this.owner(req, parent, mode);
+    const info = await this.meta.create(parent, name, posixToGoMode(o.mode), o.uid, o.gid, target);
+    this.forgetCached(parent);
+    return info;
+  }
+
+  async mknod(req: Req<EntryReply>, a: MknodArgs): Promise<void> {
+    if (this.ro(req)) return;
+    const type = a.mode & S_IFMT;
+    if (type !== S_IFREG && type !== S_IFIFO && type !== S_IFSOCK) return req.err(E.EPERM); // no rdev in CubeFS inodes
+    try {
+      req.entry(this.entry(await this.make(req, a.parent, a.name, a.mode)));
+    } catch (e) {
+      fail(req, e, `mknod ${a.parent}/${a.name}`);
+    }
+  }
+
+  async mkdir(req: Req<EntryReply>, a: MkdirArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      req.entry(this.entry(await this.make(req, a.parent, a.name, S_IFDIR | (a.mode & 0o7777))));
+    } catch (e) {
+      fail(req, e, `mkdir ${a.parent}/${a.name}`);
+    }
+  }
+
+  async symlink(req: Req<EntryReply>, a: SymlinkArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      req.entry(this.entry(await this.make(req, a.parent, a.name, S_IFLNK | 0o777, Buffer.from(a.target))));
+    } catch (e) {
+      fail(req, e, `symlink ${a.parent}/${a.name}`);
+    }
+  }
+
+  async unlink(req: Req<ErrReply>, a: NameArgs): Promise<void> {
+    await this.remove(req, a, false);
+  }
+
+  async rmdir(req: Req<ErrReply>, a: NameArgs): Promise<void> {
+    await this.remove(req, a, true);
+  }
+
+  private async remove(req: Req<ErrReply>, a: NameArgs, isDir: boolean): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      const after = await this.meta.unlink(a.parent, a.name, isDir);
+      this.forgetCached(a.parent);
+      this.unlinked(after);
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `${isDir ? 'rmdir' : 'unlink'} ${a.parent}/${a.name}`);
+    }
+  }
+
+  async rename(req: Req<ErrReply>, a: RenameArgs): Promise<void> {
+    if (this.ro(req)) return;
+    if (a.flags & RENAME_EXCHANGE) return req.err(E.EINVAL); // CubeFS has no atomic exchange
+    if (a.flags & ~RENAME_NOREPLACE) return req.err(E.EINVAL);
+    try {
+      if (a.flags & RENAME_NOREPLACE) {
+        const exists = await this.meta.lookup(a.newParent, a.newName).then(() => true, (e) => {
+          if (errnoOf(e) === E.ENOENT) return false;
+          throw e;
+        });
+        if (exists) return req.err(E.EEXIST);
+      }
+      const { overwritten } = await this.meta.rename(a.parent, a.name, a.newParent, a.newName);
+      this.forgetCached(a.parent, a.newParent);
+      this.unlinked(overwritten);
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `rename ${a.parent}/${a.name} -> ${a.newParent}/${a.newName}`);
+    }
+  }
+
+  async link(req: Req<EntryReply>, a: LinkArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      const info = await this.meta.link(a.newParent, a.newName, a.ino);
+      this.forgetCached(a.newParent, a.ino);
+      this.orphans.delete(a.ino);
+      req.entry(this.entry(info));
+    } catch (e) {
+      fail(req, e, `link ${a.ino} -> ${a.newParent}/${a.newName}`);
+    }
+  }
+
+  // ---- files ----
+
+  private addFile(ino: number, flags: number): number {
+    const fh = this.nextFh++;
+    this.files.set(fh, { ino, stream: this.client.data.open(ino), flags });
+    return fh;
+  }
+
+  async open(req: Req<OpenReplies>, a: OpenArgs): Promise<void> {
+    if (this.readOnly && (a.flags & O_ACCMODE) !== O_RDONLY) return req.err(E.EROFS);
+    try {
+      const fh = this.addFile(a.ino, a.flags);
+      await this.files.get(fh)!.stream.load();
+      req.open({ fh, keepCache: false });
+    } catch (e) {
+      fail(req, e, `open ${a.ino}`);
+    }
+  }
+
+  async create(req: Req<CreateReply>, a: CreateArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      const info = await this.make(req, a.parent, a.name, S_IFREG | (a.mode & 0o7777));
+      const fh = this.addFile(info.ino, a.flags);
+      req.create(this.entry(info), { fh });
+    } catch (e) {
+      fail(req, e, `create ${a.parent}/${a.name}`);
+    }
+  }
+
+  async read(req: Req<BufReply>, a: ReadArgs): Promise<void> {
+    const h = this.files.get(a.fh);
+    if (!h) return req.err(E.EBADF);
+    try {
+      const data = await h.stream.read(a.offset, a.size);
+      if (data.length === 0) req.data();
+      else req.buf(data);
+    } catch (e) {
+      fail(req, e, `read ${a.ino}@${a.offset}+${a.size}`);
+    }
+  }
+
+  async write(req: Req<WriteReply>, a: WriteArgs): Promise<void> {
+    const h = this.files.get(a.fh);
+    if (!h) return req.err(E.EBADF);
+    try {
+      // a.data is a view of the FUSE receive buffer: it stays valid until this request is answered, and the
+      // stream resolves only once every replica has it, so the payload is never copied here.
+      await h.stream.write(a.offset, a.data, { sync: (h.flags & O_SYNC) === O_SYNC });
+      this.forgetCached(a.ino);
+      req.write(a.data.length);
+    } catch (e) {
+      fail(req, e, `write ${a.ino}@${a.offset}+${a.data.length}`);
+    }
+  }
+
+  async flush(req: Req<ErrReply>, a: FlushArgs): Promise<void> {
+    const h = this.files.get(a.fh);
+    if (!h) return req.err(0);
+    try {
+      await h.stream.flush();
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `flush ${a.ino}`);
+    }
+  }
+
+  async fsync(req: Req<ErrReply>, a: FsyncArgs): Promise<void> {
+    const h = this.files.get(a.fh);
+    try {
+      if (h) await h.stream.flush();
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `fsync ${a.ino}`);
+    }
+  }
+
+  async release(req: Req<ErrReply>, a: ReleaseArgs): Promise<void> {
+    const h = this.files.get(a.fh);
+    this.files.delete(a.fh);
+    try {
+      if (h) {
+        if (this.fsyncOnClose) await h.stream.flush();
+        await h.stream.release();
+      }
+      this.forgetCached(a.ino);
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `release ${a.ino}`);
+    }
+  }
+
+  async fallocate(req: Req<ErrReply>, a: FallocateArgs): Promise<void> {
+    if (this.ro(req)) return;
+    if (a.mode !== 0) return req.err(E.EOPNOTSUPP); // only plain allocation: no punching or collapsing
+    try {
+      const end = a.offset + a.length;
+      const info = await this.inode(a.ino, true);
+      const stream = this.client.data.peek(a.ino);
+      const size = stream ? Math.max(stream.size, info.sz) : info.sz;
+      if (end > size) {
+        if (stream) await stream.flush();
+        await this.meta.truncate(a.ino, end);
+        stream?.truncated(end);
+        this.forgetCached(a.ino);
+      }
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `fallocate ${a.ino}`);
+    }
+  }
+
+  async copyFileRange(req: Req<WriteReply>, a: CopyFileRangeArgs): Promise<void> {
+    const src = this.files.get(a.fhIn);
+    const dst = this.files.get(a.fhOut);
+    if (!src || !dst) return req.err(E.EBADF);
+    if (this.readOnly) return req.err(E.EROFS);
+    try {
+      // No server-side copy in CubeFS: move the bytes here, 1 MiB at a time, without crossing into the kernel.
+      let done = 0;
+      while (done < a.len) {
+        const chunk = await src.stream.read(a.offIn + done, Math.min(1 << 20, a.len - done));
+        if (chunk.length === 0) break;
+        await dst.stream.write(a.offOut + done, chunk);
+        done += chunk.length;
+      }
+      this.forgetCached(a.inoOut);
+      req.write(done);
+    } catch (e) {
+      fail(req, e, `copy_file_range ${a.inoIn} -> ${a.inoOut}`);
+    }
+  }
+
+  // ---- directories ----
+
+  async opendir(req: Req<OpenReplies>, a: OpenArgs): Promise<void> {
+    try {
+      const list = await this.meta.readdir(a.ino);
+      const fh = this.nextFh++;
+      this.dirs.set(fh, { ino: a.ino, entries: list.map((d) => ({ name: d.name, ino: d.ino, mode: goModeToPosix(d.type) })) });
+      req.open({ fh });
+    } catch (e) {
+      fail(req, e, `opendir ${a.ino}`);
+    }
+  }
+
+  /** The listing with "." and "..": offsets are indexes + 1, stable for the handle's life. */
+  private listing(h: DirHandle): { name: string; ino: number; mode: number }[] {
+    return [{ name: '.', ino: h.ino, mode: S_IFDIR }, { name: '..', ino: ROOT, mode: S_IFDIR }, ...h.entries];
+  }
+
+  readdir(req: Req<DirReply>, a: ReaddirArgs): void {
+    const h = this.dirs.get(a.fh);
+    if (!h) return req.err(E.EBADF);
+    const all = this.listing(h);
+    for (let i = a.offset; i < all.length; i++) {
+      const d = all[i]!;
+      if (!req.dirAdd(d.name, d.ino, d.mode, i + 1)) break;
+    }
+    req.dirReply();
+  }
+
+  async readdirplus(req: Req<DirPlusReply>, a: ReaddirArgs): Promise<void> {
+    const h = this.dirs.get(a.fh);
+    if (!h) return req.err(E.EBADF);
+    try {
+      const all = this.listing(h);
+      const slice = all.slice(a.offset, a.offset + 256);
+      const infos = new Map<number, InodeInfo>();
+      const want = slice.filter((d) => d.name !== '.' && d.name !== '..').map((d) => d.ino);
+      for (const info of want.length ? await this.meta.batchInodeGet(want) : []) infos.set(info.ino, info);
+      for (let i = 0; i < slice.length; i++) {
+        const d = slice[i]!;
+        const off = a.offset + i + 1;
+        if (d.name === '.' || d.name === '..') {
+          // The kernel takes no reference for these, so no lookup is counted: type only, no caching.
+          const dot: Entry = { attr: { ino: d.ino, mode: S_IFDIR, nlink: 2, uid: 0, gid: 0, size: BLOCK, atimeMs: 0, mtimeMs: 0, ctimeMs: 0 }, attrTimeout: 0, entryTimeout: 0 };
+          if (!req.dirAddPlus(d.name, dot, off)) break;
+          continue;
+        }
+        const info = infos.get(d.ino);
+        if (!info) continue; // removed since opendir
+        const attr = this.attrOf(info);
+        const e: Entry = { attr, attrTimeout: this.attrValid, entryTimeout: this.lookupValid };
+        if (!req.dirAddPlus(d.name, e, off)) break;
+        this.lookups.set(info.ino, (this.lookups.get(info.ino) ?? 0) + 1);
+        this.remember(info);
+      }
+      req.dirReply();
+    } catch (e) {
+      fail(req, e, `readdirplus ${a.ino}`);
+    }
+  }
+
+  releasedir(req: Req<ErrReply>, a: ReleasedirArgs): void {
+    this.dirs.delete(a.fh);
+    req.err(0);
+  }
+
+  fsyncdir(req: Req<ErrReply>): void {
+    req.err(0); // metadata is durable at the metanode before each reply
+  }
+
+  // ---- the rest ----
+
+  async statfs(req: Req<StatfsReplies>, _a: InoArgs): Promise<void> {
+    try {
+      const st = await this.client.volume.stat();
+      const blocks = Math.floor(st.TotalSize / BLOCK);
+      const used = Math.ceil(st.UsedSize / BLOCK);
+      const free = Math.max(0, blocks - used);
+      const files = 1 << 30;
+      req.statfs({ bsize: BLOCK, frsize: BLOCK, blocks, bfree: free, bavail: free, files, ffree: Math.max(0, files - st.InodeCount), namemax: 255 });
+    } catch (e) {
+      fail(req, e, 'statfs');
+    }
+  }
+
+  async setxattr(req: Req<ErrReply>, a: SetxattrArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      if (a.flags & (XATTR_CREATE | XATTR_REPLACE)) {
+        const cur = await this.meta.getXAttr(a.ino, a.name);
+        if (a.flags & XATTR_CREATE && cur !== null) return req.err(E.EEXIST);
+        if (a.flags & XATTR_REPLACE && cur === null) return req.err(E.ENODATA);
+      }
+      await this.meta.setXAttr(a.ino, a.name, Buffer.from(a.value));
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `setxattr ${a.ino} ${a.name}`);
+    }
+  }
+
+  async getxattr(req: Req<XattrReply>, a: GetxattrArgs): Promise<void> {
+    try {
+      const v = await this.meta.getXAttr(a.ino, a.name);
+      if (v === null) return req.err(E.ENODATA);
+      if (a.size === 0) return req.xattrSize(v.length);
+      if (v.length > a.size) return req.err(E.ERANGE);
+      req.buf(v);
+    } catch (e) {
+      fail(req, e, `getxattr ${a.ino} ${a.name}`);
+    }
+  }
+
+  async listxattr(req: Req<XattrReply>, a: ListxattrArgs): Promise<void> {
+    try {
+      const names = await this.meta.listXAttr(a.ino);
+      const buf = Buffer.from(names.map((n) => `${n}\0`).join(''));
+      if (a.size === 0) return req.xattrSize(buf.length);
+      if (buf.length > a.size) return req.err(E.ERANGE);
+      req.buf(buf);
+    } catch (e) {
+      fail(req, e, `listxattr ${a.ino}`);
+    }
+  }
+
+  async removexattr(req: Req<ErrReply>, a: RemovexattrArgs): Promise<void> {
+    if (this.ro(req)) return;
+    try {
+      if ((await this.meta.getXAttr(a.ino, a.name)) === null) return req.err(E.ENODATA);
+      await this.meta.removeXAttr(a.ino, a.name);
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `removexattr ${a.ino} ${a.name}`);
+    }
+  }
+
+  /** Permission checks are the kernel's (default_permissions); access only confirms the inode exists. */
+  async access(req: Req<ErrReply>, a: AccessArgs): Promise<void> {
+    try {
+      await this.inode(a.ino);
+      req.err(0);
+    } catch (e) {
+      fail(req, e, `access ${a.ino}`);
+    }
+  }
+
+  /** Unmount: flush every open file and evict the orphans the kernel will no longer forget. */
+  async shutdown(): Promise<void> {
+    for (const h of this.files.values()) {
+      await h.stream.flush().catch((e: Error) => log('flush %d at unmount: %s', h.ino, e.message));
+      await h.stream.release().catch(() => undefined);
+    }
+    this.files.clear();
+    for (const ino of this.orphans) await this.meta.evictInode(ino).catch(() => undefined);
+    this.orphans.clear();
+  }
+}
+
