@@ -85,6 +85,11 @@ export class CubeFileSystem implements FuseOps {
   private readonly files = new Map<number, FileHandle>();
   private readonly dirs = new Map<number, DirHandle>();
   private readonly cache = new Map<number, CachedInode>();
+  /**
+   * getxattr answers for attrValid seconds. The kernel asks for security.capability before every write
+   * (to drop privileges), so without this each write would cost a metanode round trip.
+   */
+  private readonly xattrCache = new Map<string, { value: Buffer | null; expires: number }>();
   private nextFh = 1;
 
   constructor(private readonly client: CubeFSClient, opts: FsOptions = {}) {
@@ -561,6 +566,7 @@ export class CubeFileSystem implements FuseOps {
         if (a.flags & XATTR_CREATE && cur !== null) return req.err(E.EEXIST);
         if (a.flags & XATTR_REPLACE && cur === null) return req.err(E.ENODATA);
       }
+      this.xattrCache.delete(`${a.ino}\0${a.name}`);
       await this.meta.setXAttr(a.ino, a.name, Buffer.from(a.value));
       req.err(0);
     } catch (e) {
@@ -568,9 +574,19 @@ export class CubeFileSystem implements FuseOps {
     }
   }
 
+  private async xattr(ino: number, name: string): Promise<Buffer | null> {
+    const key = `${ino}\0${name}`;
+    const hit = this.xattrCache.get(key);
+    if (hit && hit.expires > Date.now()) return hit.value;
+    const value = await this.meta.getXAttr(ino, name);
+    if (this.xattrCache.size > 10_000) this.xattrCache.clear();
+    this.xattrCache.set(key, { value, expires: Date.now() + this.attrValid * 1000 });
+    return value;
+  }
+
   async getxattr(req: Req<XattrReply>, a: GetxattrArgs): Promise<void> {
     try {
-      const v = await this.meta.getXAttr(a.ino, a.name);
+      const v = await this.xattr(a.ino, a.name);
       if (v === null) return req.err(E.ENODATA);
       if (a.size === 0) return req.xattrSize(v.length);
       if (v.length > a.size) return req.err(E.ERANGE);
@@ -596,6 +612,7 @@ export class CubeFileSystem implements FuseOps {
     if (this.ro(req)) return;
     try {
       if ((await this.meta.getXAttr(a.ino, a.name)) === null) return req.err(E.ENODATA);
+      this.xattrCache.delete(`${a.ino}\0${a.name}`);
       await this.meta.removeXAttr(a.ino, a.name);
       req.err(0);
     } catch (e) {
