@@ -32,4 +32,15 @@ if [ ! -f build/Release/cubefs_native.node ] || [ -n "$(find native binding.gyp 
 fi
 echo "[setup] compiling TypeScript"
 npx --no-install tsc -p tsconfig.json
+# mount(8) helper: `mount -t fuse.cubefs VOL MNT -o ...` and fstab lines run /sbin/mount.fuse.cubefs, a link
+# to this checkout's scripts/mount.fuse.cubefs (which runs bin/cubefs-mount).
+helper=/sbin/mount.fuse.cubefs
+if [ "$(readlink "$helper" 2>/dev/null || true)" != "$PWD/scripts/mount.fuse.cubefs" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    ln -sfn "$PWD/scripts/mount.fuse.cubefs" "$helper"
+    echo "[setup] installed $helper -> $PWD/scripts/mount.fuse.cubefs"
+  else
+    echo "[setup] not root: $helper not installed (mount -t fuse.cubefs and fstab need it: sudo $0)"
+  fi
+fi
 echo "[setup] ready"
