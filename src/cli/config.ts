@@ -251,7 +251,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
     owner: m.owner!,
     readOnly: m.readOnly ?? false,
     fuseOptions: fromO.fuseOptions ?? [],
-    logDir: m.logDir ?? DEFAULT_LOG_DIR,
+    logDir: path.resolve(m.logDir ?? DEFAULT_LOG_DIR),
   };
   if (m.attrValid !== undefined) s.attrValid = m.attrValid;
   if (m.lookupValid !== undefined) s.lookupValid = m.lookupValid;

@@ -166,6 +166,10 @@ t.test('mount -t fuse.cubefs and an fstab line go through /sbin/mount.fuse.cubef
   t.equal(f.code, 0, `mount --fstab FILE MNT exits 0 (${f.stderr.trim()})`);
   t.equal(mountedAt(mnt), 'fuse.cubefs', 'mounted from the fstab line');
   t.equal(fs.readFileSync(path.join(mnt, 'via-mount.txt'), 'utf8'), 'mount -t\n', 'sees the file written before');
+  const fstabPid = pidOf(f.stdout);
+  const all = await run('mount', ['--fstab', fstab, '-a']);
+  t.equal(all.code, 0, `mount -a with the volume already mounted exits 0 (${all.stderr.trim()})`);
+  t.ok(alive(fstabPid), 'and leaves the mount as it was');
   t.equal((await cli(['umount', mnt])).code, 0, 'cubefs-mount umount');
 
   const bad = await run('mount', ['-t', 'fuse.cubefs', VOL, mnt, '-o', `master=${MASTER},owner=intruder,logDir=${logDir}`]);
