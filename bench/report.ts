@@ -7,6 +7,7 @@ export interface Cell {
   metrics?: Record<string, number>;
   error?: string;
   seconds?: number;
+  prep?: { bytes: number; seconds: number };
   raw?: unknown;
   command?: string[];
 }

@@ -150,7 +150,7 @@ async function main(): Promise<number> {
         else {
           try {
             const o = w.run({ sizes, scratch }, t.dir, tid);
-            cell = { status: 'ok', metrics: o.metrics, raw: o.raw, ...(o.command ? { command: o.command } : {}) };
+            cell = { status: 'ok', metrics: o.metrics, raw: o.raw, ...(o.command ? { command: o.command } : {}), ...(o.prep ? { prep: o.prep } : {}) };
           } catch (e) {
             cell = { status: 'failed', error: (e as Error).message };
           }
@@ -160,7 +160,8 @@ async function main(): Promise<number> {
       if (cell.status === 'failed') failed++;
       results[w.id]![tid] = cell;
       console.log(`[${String(n).padStart(String(cells).length)}/${cells}] ${w.id.padEnd(width)}  ${TARGET_NAMES[tid].padEnd(9)}  `
-        + `${summary(w, cell)}${cell.seconds !== undefined ? `  (${fmtS(cell.seconds)})` : ''}`);
+        + `${summary(w, cell)}${cell.seconds !== undefined ? `  (${fmtS(cell.seconds)}`
+          + `${cell.prep?.bytes ? `, ${fmtS(cell.prep.seconds)} of it writing ${Math.round(cell.prep.bytes / MiB)} MiB of input first` : ''})` : ''}`);
       await new Promise((r) => setImmediate(r)); // let a signal handler run
     }
   }

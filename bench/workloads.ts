@@ -3,6 +3,7 @@
  * in a target's directory and gives named metrics plus the raw numbers it came from.
  */
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,6 +54,8 @@ export interface Ctx {
 
 export interface CellOutcome {
   metrics: Record<string, number>;
+  /** Untimed preparation: files brought to their size before fio (bytes written, seconds). */
+  prep?: { bytes: number; seconds: number };
   /** The raw numbers: fio's job JSON, the torch script's output. */
   raw: unknown;
   command?: string[];
@@ -122,6 +125,35 @@ function removeFiles(dir: string, prefix: string): void {
   for (const f of fs.readdirSync(dir)) if (f.startsWith(prefix)) fs.rmSync(path.join(dir, f), { force: true, recursive: true });
 }
 
+/**
+ * Brings `file` to `size` bytes with 1 MiB writes (appending only what is missing), so a read job or an
+ * overwrite job finds its file complete. Otherwise fio lays it out itself with writes of the job's block
+ * size: 4 KiB for the random jobs, which on a FUSE mount costs far more than the measurement.
+ */
+function ensureFiles(files: string[], size: number): { bytes: number; seconds: number } {
+  const t0 = Date.now();
+  let bytes = 0;
+  const buf = randomBytes(MiB);
+  for (const file of files) {
+    let have = 0;
+    try {
+      have = fs.statSync(file).size;
+    } catch {
+      // missing: written from 0
+    }
+    if (have >= size) continue;
+    const fd = fs.openSync(file, have > 0 ? 'r+' : 'w');
+    try {
+      for (let off = have; off < size; off += MiB) fs.writeSync(fd, buf, 0, Math.min(MiB, size - off), off);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    bytes += size - have;
+  }
+  return { bytes, seconds: (Date.now() - t0) / 1000 };
+}
+
 const pct = (l: FioLat | undefined, p: string): number => {
   const v = l?.percentile?.[p];
   if (v === undefined) throw new Error(`fio gave no ${p} percentile`);
@@ -135,8 +167,10 @@ function seq(rw: 'write' | 'read', jobs: 1 | 4, direct: boolean): Workload {
     title: `1 MiB sequential ${rw}, ${jobs} job${jobs > 1 ? 's' : ''}, ${direct ? 'direct=1' : 'buffered'}`,
     metrics: [{ key: 'bw', label: 'MB/s', unit: 'MB/s', higherIsBetter: true }],
     run(ctx, dir) {
-      if (rw === 'write') removeFiles(dir, 'seq.');
       const s = ctx.sizes;
+      if (rw === 'write') removeFiles(dir, 'seq.');
+      // A capped write job may have left its files short: complete them, untimed.
+      const prep = rw === 'read' ? ensureFiles(Array.from({ length: jobs }, (_, j) => path.join(dir, `seq.${j}.0`)), s.seqPerJob) : undefined;
       const { job, command } = runFio(ctx, id, dir, {
         ioengine: 'psync', rw, bs: '1m', size: s.seqPerJob, numjobs: jobs, direct: direct ? 1 : 0,
         runtime: s.seqCap, filename_format: 'seq.$jobnum.$filenum',
@@ -144,7 +178,7 @@ function seq(rw: 'write' | 'read', jobs: 1 | 4, direct: boolean): Workload {
       }, s.seqCap * 4 + 300);
       const d = job[rw];
       if (!d.io_bytes) throw new Error('fio moved no data');
-      return { metrics: { bw: d.bw_bytes / 1e6 }, raw: job, command };
+      return { metrics: { bw: d.bw_bytes / 1e6 }, raw: job, command, ...(prep ? { prep } : {}) };
     },
   };
 }
@@ -157,14 +191,15 @@ function rand(rw: 'randread' | 'randwrite'): Workload {
     metrics: [{ key: 'iops', label: 'IOPS', unit: 'IOPS', higherIsBetter: true }],
     run(ctx, dir) {
       const s = ctx.sizes;
-      // overwrite=1: the file is laid out first (untimed), so random writes overwrite, as on a real data file.
+      // The file is complete before the job (untimed), so random writes overwrite, as on a real data file.
+      const prep = ensureFiles([path.join(dir, 'rand.0.0')], s.randSize);
       const { job, command } = runFio(ctx, id, dir, {
         ioengine: 'libaio', iodepth: 16, direct: 1, rw, bs: '4k', size: s.randSize, numjobs: 1,
         time_based: 1, runtime: s.randRuntime, ramp_time: s.randRamp, overwrite: 1, filename_format: 'rand.$jobnum.$filenum',
       }, s.randRuntime + s.randRamp + 600);
       const d = rw === 'randread' ? job.read : job.write;
       if (!d.total_ios) throw new Error('fio completed no I/O');
-      return { metrics: { iops: d.iops, p50: pct(d.clat_ns, '50.000000'), p99: pct(d.clat_ns, '99.000000') }, raw: job, command };
+      return { metrics: { iops: d.iops, p50: pct(d.clat_ns, '50.000000'), p99: pct(d.clat_ns, '99.000000') }, raw: job, command, prep };
     },
   };
 }
