@@ -20,7 +20,7 @@ function port(v: string): number {
   return n;
 }
 
-const collect = (v: string, prev: string[]): string[] => [...prev, v];
+const collect = (v: string, prev: string[] | undefined): string[] => [...(prev ?? []), v];
 const warn = (msg: string): void => { process.stderr.write(`cubefs-mount: warning: ${msg}\n`); };
 
 const MOUNT_HELP = `
@@ -57,7 +57,7 @@ interface MountCliOptions {
   vol?: string;
   owner?: string;
   config?: string;
-  options: string[];
+  options?: string[];
   foreground?: boolean;
   readOnly?: boolean;
   logDir?: string;
@@ -81,7 +81,7 @@ export function buildProgram(): Command {
     .option('--vol <name>', 'volume name')
     .option('--owner <owner>', 'volume owner (the authentication upstream uses)')
     .option('-c, --config <file>', 'upstream-style fuse.json (masterAddr, mountPoint, volName, owner, ...)')
-    .option('-o, --options <opts>', 'mount options, comma-separated (see below); may repeat', collect, [])
+    .option('-o, --options <opts>', 'mount options, comma-separated (see below); may repeat', collect)
     .option('-f, --foreground', 'stay in the foreground, log to stderr; Ctrl-C unmounts')
     .option('-r, --read-only', 'mount read-only (same as -o ro)')
     .option('--log-dir <dir>', 'directory for the background log VOL.log (default /var/log/cubefs-mount)')
@@ -92,7 +92,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(cubefs-mount --help shows usage and examples)')
     .addHelpText('after', MOUNT_HELP)
     .action(async (mountpoint: string | undefined, o: MountCliOptions) => {
-      const flags: MountFlags = { options: o.options };
+      const flags: MountFlags = { options: o.options ?? [] };
       if (mountpoint !== undefined) flags.mountpoint = mountpoint;
       for (const k of ['master', 'vol', 'owner', 'config', 'logDir', 'logLevel', 'logFile', 'readOnly', 'sloppy'] as const) {
         if (o[k] !== undefined) (flags as Record<string, unknown>)[k] = o[k];
