@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build, the tests and the examples use.
-PKGS=(g++ make python3 pkg-config git libfuse3-dev fuse3 fio)
+PKGS=(g++ make python3 pkg-config git libfuse3-dev fuse3 fio sqlite3 python3-torch tar diffutils util-linux coreutils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

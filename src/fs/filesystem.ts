@@ -38,6 +38,7 @@ const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+const O_TRUNC = 0o1000;
 const O_SYNC = 0o4010000;
 
 export interface FsOptions {
@@ -209,9 +210,11 @@ export class CubeFileSystem implements FuseOps {
     if (this.ro(req)) return;
     try {
       const v = a.valid;
+      const stream = this.client.data.peek(a.ino);
+      // Record pending extent keys first: the metanode stamps mtime when it appends them, which must not
+      // undo explicit times (tar and cp -p set them with futimens before close).
+      if (stream && v & (SetattrValid.SIZE | SetattrValid.ATIME | SetattrValid.MTIME)) await stream.flush();
       if (v & SetattrValid.SIZE) {
-        const stream = this.client.data.peek(a.ino);
-        if (stream) await stream.flush();
         await this.meta.truncate(a.ino, a.size!);
         stream?.truncated(a.size!);
       }
@@ -350,11 +353,22 @@ export class CubeFileSystem implements FuseOps {
 
   async open(req: Req<OpenReplies>, a: OpenArgs): Promise<void> {
     if (this.readOnly && (a.flags & O_ACCMODE) !== O_RDONLY) return req.err(E.EROFS);
+    const fh = this.addFile(a.ino, a.flags);
+    const stream = this.files.get(fh)!.stream;
     try {
-      const fh = this.addFile(a.ino, a.flags);
-      await this.files.get(fh)!.stream.load();
+      if (a.flags & O_TRUNC && (a.flags & O_ACCMODE) !== O_RDONLY) {
+        // libfuse 3 negotiates atomic_o_trunc: the kernel leaves O_TRUNC to open instead of sending a setattr.
+        await stream.flush();
+        await this.meta.truncate(a.ino, 0);
+        stream.truncated(0);
+        this.forgetCached(a.ino);
+      }
+      await stream.load();
       req.open({ fh, keepCache: false });
     } catch (e) {
+      // No handle reaches the kernel: drop this one's stream reference.
+      this.files.delete(fh);
+      await stream.release().catch(() => undefined);
       fail(req, e, `open ${a.ino}`);
     }
   }
