@@ -40,6 +40,12 @@ const O_ACCMODE = 3;
 const O_RDONLY = 0;
 const O_TRUNC = 0o1000;
 const O_SYNC = 0o4010000;
+/** Longest name (bytes), as statfs reports: the kernel lets FUSE names up to 1024 bytes through. */
+const NAME_MAX = 255;
+
+function tooLong(name: string): boolean {
+  return name.length > NAME_MAX / 4 && Buffer.byteLength(name) > NAME_MAX;
+}
 
 export interface FsOptions {
   /** Seconds the kernel may cache attributes (upstream's attrValid). */
@@ -158,6 +164,7 @@ export class CubeFileSystem implements FuseOps {
   // ---- names ----
 
   async lookup(req: Req<EntryReply>, a: NameArgs): Promise<void> {
+    if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     try {
       const { ino } = await this.meta.lookup(a.parent, a.name);
       req.entry(this.entry(await this.inode(ino, true)));
@@ -263,6 +270,7 @@ export class CubeFileSystem implements FuseOps {
 
   async mknod(req: Req<EntryReply>, a: MknodArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     const type = a.mode & S_IFMT;
     if (type !== S_IFREG && type !== S_IFIFO && type !== S_IFSOCK) return req.err(E.EPERM); // no rdev in CubeFS inodes
     try {
@@ -274,6 +282,7 @@ export class CubeFileSystem implements FuseOps {
 
   async mkdir(req: Req<EntryReply>, a: MkdirArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     try {
       req.entry(this.entry(await this.make(req, a.parent, a.name, S_IFDIR | (a.mode & 0o7777))));
     } catch (e) {
@@ -283,6 +292,7 @@ export class CubeFileSystem implements FuseOps {
 
   async symlink(req: Req<EntryReply>, a: SymlinkArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     try {
       req.entry(this.entry(await this.make(req, a.parent, a.name, S_IFLNK | 0o777, Buffer.from(a.target))));
     } catch (e) {
@@ -312,6 +322,7 @@ export class CubeFileSystem implements FuseOps {
 
   async rename(req: Req<ErrReply>, a: RenameArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (tooLong(a.newName)) return req.err(E.ENAMETOOLONG);
     if (a.flags & RENAME_EXCHANGE) return req.err(E.EINVAL); // CubeFS has no atomic exchange
     if (a.flags & ~RENAME_NOREPLACE) return req.err(E.EINVAL);
     try {
@@ -333,6 +344,7 @@ export class CubeFileSystem implements FuseOps {
 
   async link(req: Req<EntryReply>, a: LinkArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (tooLong(a.newName)) return req.err(E.ENAMETOOLONG);
     try {
       const info = await this.meta.link(a.newParent, a.newName, a.ino);
       this.forgetCached(a.newParent, a.ino);
@@ -375,6 +387,7 @@ export class CubeFileSystem implements FuseOps {
 
   async create(req: Req<CreateReply>, a: CreateArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     try {
       const info = await this.make(req, a.parent, a.name, S_IFREG | (a.mode & 0o7777));
       const fh = this.addFile(info.ino, a.flags);
