@@ -165,6 +165,10 @@ class AllocWorker : public Napi::AsyncWorker {
   void Execute() override { block_ = sh_->pool->alloc(size_, std::chrono::milliseconds(waitMs_)); }
   void OnOK() override {
     Napi::Env env = Env();
+    if (block_ && sh_->pool->closed()) {  // got a block just before close(): the caller sees the close
+      sh_->pool->free(block_.addr);
+      block_ = Block{};
+    }
     if (!block_) {
       deferred_.Reject(AllocError(env, *sh_, size_, waitMs_).Value());
       return;
@@ -390,10 +394,10 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!sh_) return env.Undefined();
+    sh_->pool->close();  // first: the blocks returned below must not go to a waiter
     std::vector<Lease*> live;
     for (auto& [addr, l] : sh_->leases) live.push_back(l);
     for (Lease* l : live) Release(env, l);
-    sh_->pool->close();
     return env.Undefined();
   }
 
