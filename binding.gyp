@@ -3,7 +3,7 @@
     {
       "target_name": "cubefs_native",
       "sources": ["native/addon.cc", "native/fuse/allocator.cc", "native/fuse/session.cc",
-                  "native/pool/pool.cc", "native/pool/binding.cc", "native/pool/rdma_probe.cc"],
+                  "native/pool/pool.cc", "native/pool/pool_js.cc", "native/pool/rdma_probe.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "cflags": ["<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)", "-libverbs"],

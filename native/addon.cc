@@ -3,7 +3,7 @@
 #include <napi.h>
 
 #include "fuse/session.h"
-#include "pool/binding.h"
+#include "pool/pool_js.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, 1));

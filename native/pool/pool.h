@@ -41,7 +41,9 @@ struct Block {
 class Pool {
  public:
   // capacity is rounded up to a multiple of maxBlock. Throws std::runtime_error (with errno text) if the
-  // region cannot be mapped; the JS wrapper turns that into a JS Error.
+  // region cannot be mapped, std::invalid_argument for sizes that are not powers of two (minBlock >= 4096,
+  // maxBlock >= minBlock) or a zero capacity; the JS wrapper turns both into a JS Error. (The addon builds
+  // with -fexceptions for this; no exception crosses into JS.)
   Pool(size_t capacity, size_t minBlock = 4096, size_t maxBlock = 4u << 20);
   ~Pool();
   Pool(const Pool&) = delete;
@@ -52,6 +54,9 @@ class Pool {
   Block alloc(size_t size, std::chrono::milliseconds wait = std::chrono::milliseconds(0));
   // Returns a block from alloc(). Merges buddies. Freeing an address not allocated from this pool, or twice,
   // is detected and ignored (returns false) instead of corrupting the free lists.
+  // (An address that is again the start of a live block, because the block was freed and handed out anew, is
+  // indistinguishable from that block: owners that can hold stale addresses track their own leases, as the
+  // JS buffers do.)
   bool free(void* addr);
 
   PoolStats stats() const;

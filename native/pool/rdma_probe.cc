@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <cstring>
 
-#include "binding.h"
+#include "pool_js.h"
 
 namespace cubefs::pool {
 namespace {

@@ -1,8 +1,10 @@
-// native/pool's exports: `Pool` (class), `rdmaDevices()` (test hook).
+// native/pool's exports: `Pool` (class), `rdmaDevices()` (test hook), and the way other native parts
+// (native/rdma) get at the Pool behind a JS object.
 #pragma once
 
 #include <napi.h>
 
+#include <memory>
 #include <string>
 
 #include "pool.h"
@@ -11,6 +13,13 @@ namespace cubefs::pool {
 
 // Adds `Pool` and `rdmaDevices` to the addon's exports.
 void RegisterPool(Napi::Env env, Napi::Object exports);
+
+// The native Pool behind a JS Pool object (checked by a type tag), or null when `v` is not one (or its
+// construction failed). Hold the shared_ptr for as long as pool memory may be touched (posted work
+// requests, registered MRs): the region is unmapped only when the last owner lets go, even after close().
+std::shared_ptr<Pool> SharedPoolFromJs(Napi::Value v);
+// The same, unowned: valid while the JS object is alive and not closed.
+Pool* PoolFromJs(Napi::Value v);
 
 // rdma_probe.cc (test hooks, kept minimal until native/rdma lands):
 // rdmaDevices(): string[] — the verbs devices ibv_get_device_list sees (empty without RDMA).

@@ -9,7 +9,7 @@
 //
 // Threads: everything here runs on the JS thread except AllocWorker::Execute (a libuv pool thread, which
 // only calls Pool::alloc) and the stress threads. No C++ exception crosses into JS.
-#include "binding.h"
+#include "pool_js.h"
 
 #include <napi.h>
 
@@ -261,6 +261,9 @@ void StressThread(Pool* pool, unsigned tid, unsigned iterations, uint32_t waitMs
 
 }  // namespace
 
+// Marks JS objects that are PoolWraps (SharedPoolFromJs checks it before unwrapping).
+constexpr napi_type_tag kPoolTag = {0x63756265'66732d70ull, 0x6f6f6c2d'77726170ull};  // "cubefs-pool-wrap"
+
 class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -277,16 +280,18 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
                        });
   }
 
-  // new Pool(capacity, minBlock, maxBlock): the JS wrapper has validated the numbers.
+  // new Pool(capacity, minBlock = 4096, maxBlock = 4 MiB): src/pool validates the numbers first.
   explicit PoolWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<PoolWrap>(info) {
     Napi::Env env = info.Env();
-    if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
-      Napi::TypeError::New(env, "Pool(capacity, minBlock, maxBlock)").ThrowAsJavaScriptException();
+    auto opt = [&](size_t i, double dflt) { return info.Length() > i && info[i].IsNumber() ? info[i].As<Napi::Number>().DoubleValue() : dflt; };
+    if (info.Length() < 1 || !info[0].IsNumber() || opt(0, 0) < 1 || opt(1, 4096) < 1 || opt(2, 4 << 20) < 1) {
+      Napi::TypeError::New(env, "Pool(capacity, minBlock?, maxBlock?)").ThrowAsJavaScriptException();
       return;
     }
-    auto cap = static_cast<size_t>(info[0].As<Napi::Number>().DoubleValue());
-    auto minB = static_cast<size_t>(info[1].As<Napi::Number>().DoubleValue());
-    auto maxB = static_cast<size_t>(info[2].As<Napi::Number>().DoubleValue());
+    auto cap = static_cast<size_t>(opt(0, 0));
+    auto minB = static_cast<size_t>(opt(1, 4096));
+    auto maxB = static_cast<size_t>(opt(2, 4 << 20));
+    napi_type_tag_object(env, info.This(), &kPoolTag);
     try {
       sh_ = std::make_shared<Shared>();
       sh_->pool = std::make_shared<Pool>(cap, minB, maxB);
@@ -456,6 +461,19 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
 
   std::shared_ptr<Shared> sh_;
 };
+
+std::shared_ptr<Pool> SharedPoolFromJs(Napi::Value v) {
+  if (!v.IsObject()) return nullptr;
+  bool tagged = false;
+  if (napi_check_object_type_tag(v.Env(), v, &kPoolTag, &tagged) != napi_ok || !tagged) return nullptr;
+  PoolWrap* w = PoolWrap::Unwrap(v.As<Napi::Object>());
+  return w != nullptr ? w->pool() : nullptr;
+}
+
+Pool* PoolFromJs(Napi::Value v) {
+  std::shared_ptr<Pool> p = SharedPoolFromJs(v);
+  return p && !p->closed() ? p.get() : nullptr;
+}
 
 void RegisterPool(Napi::Env env, Napi::Object exports) {
   exports.Set("Pool", PoolWrap::Define(env));
