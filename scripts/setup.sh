@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the build, the tests and the examples use.
-PKGS=(g++ make python3 pkg-config git libfuse3-dev fuse3 fio sqlite3 python3-torch tar diffutils util-linux coreutils)
+PKGS=(g++ make python3 pkg-config git libfuse3-dev fuse3 fio sqlite3 python3-torch tar diffutils util-linux coreutils
+      libibverbs-dev librdmacm-dev ibverbs-providers rdma-core)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -43,4 +44,7 @@ if [ "$(readlink "$helper" 2>/dev/null || true)" != "$PWD/scripts/mount.fuse.cub
     echo "[setup] not root: $helper not installed (mount -t fuse.cubefs and fstab need it: sudo $0)"
   fi
 fi
+
+# The RDMA VM that `npm test` boots for test/rdma-vm (kernel + initramfs; ~15-35 s the first time, then a check).
+bash scripts/rdma-vm/setup.sh
 echo "[setup] ready"

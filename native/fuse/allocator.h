@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 
 namespace cubefs::fuse {
 
@@ -21,6 +23,15 @@ class AlignedMallocAllocator final : public ReceiveBufferAllocator {
  public:
   void* alloc(size_t size) override;
   void free(void* p, size_t size) override;
+};
+
+// How another part hands a Session its allocator from JS (the optional last argument of mount): a
+// Napi::External whose data is an AllocatorHandle (checked by its magic). The Session keeps `allocator`
+// alive until it is destroyed, so blocks still held by requests can always go back.
+struct AllocatorHandle {
+  static constexpr uint64_t kMagic = 0x434653414c4c4f43ull;  // "CFSALLOC"
+  uint64_t magic = kMagic;
+  std::shared_ptr<ReceiveBufferAllocator> allocator;
 };
 
 // The process-wide default (an AlignedMallocAllocator); lives for the whole process.

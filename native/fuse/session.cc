@@ -462,7 +462,8 @@ void Session::CleanupHook(void* arg) {
 }
 
 // mount(mountpoint, argv: string[], workers, maxWrite, maxRead, implemented: Uint8Array(kOpCount),
-//       onRequest: (op, id, args, uid, gid, pid) => void): undefined. Throws an Error with errno on failure.
+//       onRequest: (op, id, args, uid, gid, pid) => void, allocator?: External<AllocatorHandle>): undefined.
+// Throws an Error with errno on failure.
 Napi::Value Session::Mount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (mounted_ || closed_) {
@@ -487,6 +488,15 @@ Napi::Value Session::Mount(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   for (size_t i = 0; i < kOpCount; i++) implemented_[i] = impl[i] != 0;
+  if (info.Length() > 7 && !info[7].IsUndefined()) {
+    auto* h = info[7].IsExternal() ? info[7].As<Napi::External<AllocatorHandle>>().Data() : nullptr;
+    if (h == nullptr || h->magic != AllocatorHandle::kMagic || !h->allocator) {
+      Napi::TypeError::New(env, "mount: allocator must be a receive allocator handle (pool.receiveAllocator())")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    setAllocator(h->allocator);
+  }
 
   // libfuse reads up to its bufsize into the buffer it is given: FUSE_MAX_MAX_PAGES (256) pages plus one
   // header page in 3.14, never less than max_write plus that header.

@@ -84,6 +84,11 @@ class Session : public Napi::ObjectWrap<Session> {
 
   // Before mount(): where receive buffers come from (default: defaultAllocator()). Not owned.
   void setAllocator(ReceiveBufferAllocator* a) { allocator_ = a; }
+  // The same, for an allocator the Session shares (kept until the Session is destroyed).
+  void setAllocator(std::shared_ptr<ReceiveBufferAllocator> a) {
+    ownedAllocator_ = std::move(a);
+    allocator_ = ownedAllocator_ ? ownedAllocator_.get() : &defaultAllocator();
+  }
 
   // Called by the libfuse op trampolines (worker threads).
   std::unique_ptr<Request> begin(fuse_req_t req, Op op);
@@ -132,6 +137,7 @@ class Session : public Napi::ObjectWrap<Session> {
   void closeNative(napi_env env);
 
   ReceiveBufferAllocator* allocator_ = nullptr;
+  std::shared_ptr<ReceiveBufferAllocator> ownedAllocator_;
   struct fuse_session* se_ = nullptr;
   std::string mountpoint_;
   size_t bufSize_ = 0;

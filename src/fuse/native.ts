@@ -7,6 +7,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { FUSE_OP_COUNT, FuseOp, type NativeStats } from './types.js';
+import type { ReceiveAllocatorHandle } from '../pool/index.js';
 
 export type OnRequest = (op: number, id: number, args: Record<string, unknown>, uid: number, gid: number, pid: number) => void;
 export type OnEvent = (kind: 'init' | 'ended', info: Record<string, number>) => void;
@@ -14,7 +15,7 @@ export type OnEvent = (kind: 'init' | 'ended', info: Record<string, number>) => 
 /** native/fuse/session.h Session. Reply methods return false when the id is not outstanding. */
 export interface NativeSession {
   mount(mountpoint: string, argv: string[], workers: number, maxWrite: number, maxRead: number,
-    implemented: Uint8Array, onRequest: OnRequest): void;
+    implemented: Uint8Array, onRequest: OnRequest, allocator?: ReceiveAllocatorHandle): void;
   close(): void;
   stats(): NativeStats;
   replyErr(id: number, errno: number): boolean;
@@ -42,7 +43,7 @@ interface Addon {
   fuseVersion: number;
 }
 
-function findAddon(): string {
+export function findAddon(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
   for (;;) {
     const p = path.join(dir, 'build', 'Release', 'cubefs_native.node');

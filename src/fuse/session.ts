@@ -246,10 +246,14 @@ export class FuseSession extends EventEmitter {
     const implemented = new Uint8Array(FUSE_OP_COUNT);
     this.handlers.forEach((h, i) => { implemented[i] = h ? 1 : 0; });
 
+    if (opts.pool !== undefined && typeof opts.pool.receiveAllocator !== 'function') {
+      throw new FuseError('pool must be a Pool (src/pool)', errno.EINVAL);
+    }
+    const allocator = opts.pool?.receiveAllocator();
     const inited = new Promise<void>((resolve, reject) => { this.initWait = { resolve, reject }; });
     try {
       this.native.mount(this.mountpoint, ['-o', o.join(',')], workers, maxWrite, maxRead, implemented,
-        (op, id, args, uid, gid, pid) => this.dispatch(op, id, args, uid, gid, pid));
+        (op, id, args, uid, gid, pid) => this.dispatch(op, id, args, uid, gid, pid), allocator);
     } catch (e) {
       this.closed = true;
       throw new FuseError((e as Error).message, errnoOf(e), this.mountpoint, e);

@@ -13,6 +13,7 @@
  * milliseconds since the epoch (fractional). Errno values come from node:os constants (`errno` below).
  */
 import { constants } from 'node:os';
+import type { Pool } from '../pool/index.js';
 
 export const errno = constants.errno;
 
@@ -241,6 +242,13 @@ export interface MountOptions {
   maxRead?: number;
   /** Unmount on SIGINT/SIGTERM, then let the signal take its course (default true). */
   handleSignals?: boolean;
+  /**
+   * Receive buffers (one per worker, ~1 MiB + 4 KiB each: a 2 MiB block) come from this pool, so a write's
+   * payload is already in pool memory. When the pool has no free block a worker takes a buffer from the
+   * heap instead (counted in stats().fallbackBuffers); it never waits. The session keeps the pool's
+   * allocator alive until it is gone, even if the pool is closed first.
+   */
+  pool?: Pool;
 }
 
 /** The native session's counters. */
