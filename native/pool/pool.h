@@ -65,6 +65,9 @@ class Pool {
   // returns the MR (owned by the pool) or nullptr with errno set. Only built with RDMA support.
   ibv_mr* registerWith(ibv_pd* pd);
   ibv_mr* mrFor(ibv_pd* pd) const;
+  // Deregisters the MR of one PD (returns false if there is none): an RDMA context closing its PD must not
+  // take the MRs of the other PDs (client and replication traffic share the pool) with it.
+  bool deregister(ibv_pd* pd);
   // Deregisters every MR (idempotent). Called by the owner of the PDs before it deallocates them.
   void deregisterAll();
 
