@@ -201,6 +201,7 @@ Context::Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(inf
     Napi::TypeError::New(env, "RdmaContext(pool, device?, onEvents)").ThrowAsJavaScriptException();
     return;
   }
+  trace_ = getenv("CUBEFS_RDMA_TRACE") != nullptr;
   pool_ = pool::PoolFromJs(info[0]);
   if (pool_ == nullptr) {
     Napi::TypeError::New(env, "RdmaContext: the first argument must be a native pool").ThrowAsJavaScriptException();
@@ -654,10 +655,9 @@ void Context::threadMain() {
   epoll_ctl(ep, EPOLL_CTL_ADD, cmCh_->fd, &ev);
   ev.data.u32 = 3;
   epoll_ctl(ep, EPOLL_CTL_ADD, stopFd_, &ev);
-  int timeout = -1;
   for (;;) {
     epoll_event evs[4];
-    int n = epoll_wait(ep, evs, 4, timeout);
+    int n = epoll_wait(ep, evs, 4, -1);
     if (n < 0 && errno != EINTR) break;
     bool stop = false;
     for (int i = 0; i < n; i++) stop |= evs[i].data.u32 == 3;
@@ -674,11 +674,6 @@ void Context::threadMain() {
       ibv_req_notify_cq(cq, 0);
       drainCq(ch);
     }
-    idleReturns();
-    timeout = -1;
-    for (auto& [id, ch] : channels_) {
-      if (ch->urgent > 0 && ch->state == Channel::State::Established) timeout = kIdleReturnMs;
-    }
   }
   close(ep);
 }
@@ -693,16 +688,10 @@ void Context::drainCq(Channel* ch) {
   }
 }
 
-void Context::idleReturns() {
-  auto now = std::chrono::steady_clock::now();
-  for (auto& [id, ch] : channels_) {
-    if (ch->urgent > 0 && now - ch->urgentSince >= std::chrono::milliseconds(kIdleReturnMs)) maybeReturnCredits(ch.get(), true);
-  }
-}
-
 void Context::handleCm(rdma_cm_event* ev) {
   rdma_cm_id* destroyAfterAck = nullptr;
   const char* evName = rdma_event_str(ev->event);
+  if (trace_) fprintf(stderr, "cubefs rdma: cm %s id %u status %d\n", evName, TagId(ev->id->context), ev->status);
   switch (ev->event) {
     case RDMA_CM_EVENT_CONNECT_REQUEST: {
       auto lit = listeners_.find(TagId(ev->listen_id->context));
@@ -889,7 +878,7 @@ void Context::pump(Channel* ch) {
     ch->sendQ.pop_front();
     if (!postBlock(ch, q.kind, q.packet, q.desc)) return;
   }
-  maybeReturnCredits(ch, false);
+  maybeReturnCredits(ch);
 }
 
 bool Context::postBlock(Channel* ch, BlockKind kind, const std::string& packet, const Desc& desc) {
@@ -925,6 +914,7 @@ bool Context::postBlock(Channel* ch, BlockKind kind, const std::string& packet, 
     fail(ch, Failed("ibv_post_send", errno));
     return false;
   }
+  if (trace_) fprintf(stderr, "cubefs rdma: ch %u post kind %u returns %u credits %lld\n", ch->id, unsigned(kind), ret, (long long)ch->credits);
   ch->credits--;
   ch->toReturn -= ret;
   ch->urgent = std::min(ch->urgent, ch->toReturn);
@@ -936,11 +926,11 @@ bool Context::postBlock(Channel* ch, BlockKind kind, const std::string& packet, 
   return true;
 }
 
-// An explicit credit block when receives consumed by data blocks wait to be returned and nothing else is going
-// out: at once when half the depth waits or the peer said it is low, otherwise when `idle` (kIdleReturnMs).
-void Context::maybeReturnCredits(Channel* ch, bool idle) {
-  if (ch->state != Channel::State::Established || !ch->sendQ.empty() || ch->urgent == 0) return;
-  if (!(idle || ch->lowSeen || ch->urgent >= ch->opt.recvDepth / 2)) return;
+// An explicit credit block when nothing else is going out and either the peer said it is low (any block
+// flagged LOW obliges a return of whatever is owed) or half the depth consumed by data blocks waits.
+void Context::maybeReturnCredits(Channel* ch) {
+  if (ch->state != Channel::State::Established || !ch->sendQ.empty() || ch->toReturn == 0) return;
+  if (!(ch->lowSeen || ch->urgent >= std::max(1u, ch->opt.recvDepth / 2))) return;
   if (ch->credits < 1 || ch->freeSend.empty()) return;
   postBlock(ch, BlockKind::Credit, std::string(), Desc{});
 }
@@ -1015,6 +1005,7 @@ void Context::handleWc(Channel* ch, const ibv_wc& wc) {
         return;
       }
       ch->credits += Get16(b + 6);
+      if (trace_) fprintf(stderr, "cubefs rdma: ch %u recv kind %u returns %u credits %lld\n", ch->id, bk, Get16(b + 6), (long long)ch->credits);
       if (static_cast<BlockKind>(bk) == BlockKind::Credit) {
         ch->stats.creditBlocksRecv++;
       } else {
@@ -1025,10 +1016,9 @@ void Context::handleWc(Channel* ch, const ibv_wc& wc) {
         e.desc = {Get64(b + 16), Get32(b + 24), Get32(b + 28)};
         e.text.assign(reinterpret_cast<const char*>(b + kBlockHeader), pktLen);
         emit(std::move(e));
-        if (ch->urgent == 0) ch->urgentSince = std::chrono::steady_clock::now();
         ch->urgent++;
-        if (Get16(b + 8) & kFlagLow) ch->lowSeen = true;
       }
+      if (Get16(b + 8) & kFlagLow) ch->lowSeen = true;
       if (ch->state != Channel::State::Established) return;
       if (!postRecv(ch, slot)) { fail(ch, Failed("ibv_post_recv", errno)); return; }
       ch->toReturn++;

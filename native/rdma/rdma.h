@@ -20,11 +20,11 @@
 //
 // Credits (docs/rdma.md, as amended there): every block, the explicit credit block included, consumes one of
 // the peer's posted receives, and a side never posts a send without a credit. The last credit may only be used
-// by a block that returns credits, so the two sides can never both sit at zero. Receives consumed by data
-// blocks are "urgent" to return: a credit block goes at once when they reach recvDepth/2 or the data block
-// came flagged LOW (its sender is down to its last credit), else within kIdleReturnMs if nothing else flows.
-// Receives consumed by credit blocks are only returned on later blocks, which keeps credit blocks from
-// answering each other.
+// by a block that returns credits. A block is flagged LOW when it leaves its sender with at most one credit;
+// a LOW block obliges the receiver to return what it owes (by its next block, or at once by a credit block
+// when nothing else is going out). A side can only get stuck by sending, and the send that got it stuck was
+// flagged LOW, so the two sides never wait on each other. Besides, a credit block goes when half the receive
+// depth consumed by data blocks waits to be returned.
 #pragma once
 
 #include <napi.h>
@@ -64,7 +64,6 @@ constexpr uint16_t kFlagLow = 1;  // the sender has at most one credit left afte
 constexpr unsigned kMinRecvDepth = 4, kMaxRecvDepth = 4096;
 constexpr unsigned kDefaultRecvDepth = 128;
 constexpr unsigned kDefaultMaxRdma = 32;  // RDMA Reads/Writes posted at once per QP; more wait in a queue
-constexpr int kIdleReturnMs = 1;
 
 struct Desc {
   uint64_t addr = 0;
@@ -134,8 +133,7 @@ struct Channel {
   int64_t credits = 0;        // the peer's receives this side may still consume
   uint32_t toReturn = 0;      // receives re-posted since the last block this side sent
   uint32_t urgent = 0;        // of toReturn, those consumed by data blocks
-  bool lowSeen = false;       // a data block flagged LOW arrived since the last block this side sent
-  std::chrono::steady_clock::time_point urgentSince;
+  bool lowSeen = false;       // a block flagged LOW arrived since the last block this side sent
   std::vector<uint32_t> freeSend;
   std::deque<QueuedSend> sendQ;
   std::vector<Op> ops;        // by op slot; jsId < 0 when free
@@ -186,14 +184,13 @@ class Context : public Napi::ObjectWrap<Context> {
   void handleCm(rdma_cm_event* ev);
   void handleWc(Channel* ch, const ibv_wc& wc);
   void drainCq(Channel* ch);
-  void idleReturns();
 
   // All below: caller holds mu_.
   bool setupQp(Channel* ch, std::string* err);
   bool postRecv(Channel* ch, uint32_t slot);
   void pump(Channel* ch);
   bool postBlock(Channel* ch, BlockKind kind, const std::string& packet, const Desc& desc);
-  void maybeReturnCredits(Channel* ch, bool now);
+  void maybeReturnCredits(Channel* ch);
   void pumpOps(Channel* ch);
   bool postOp(Channel* ch, uint32_t slot);
   void fail(Channel* ch, const std::string& why);
@@ -217,7 +214,7 @@ class Context : public Napi::ObjectWrap<Context> {
   int stopFd_ = -1;
   std::thread thread_;
   uint32_t maxRdAtom_ = 1, maxInitRdAtom_ = 1;
-  bool closed_ = false, cleanupHook_ = false;
+  bool closed_ = false, cleanupHook_ = false, trace_ = false;
 
   std::mutex mu_;
   std::map<uint32_t, std::unique_ptr<Channel>> channels_;

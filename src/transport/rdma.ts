@@ -426,28 +426,35 @@ export class RdmaConnection {
     }
     return new Promise<Packet>((resolve, reject) => {
       const timer = setTimeout(() => {
-        const m = this.members[qp]!;
-        // The QP to error first: the peer then cannot read or write this request's buffer any more.
-        if (m.ch !== null) this.ctx.native.fail(m.ch, `deadline of reqid ${req.reqId} passed`);
+        // The QP to error first (the peer then cannot read or write this request's buffer any more), then
+        // this request fails as a timeout and the QP's others as network errors; the QP reconnects on use.
         if (this.finish(req.reqId)) {
+          this.onQpError(qp, `deadline of reqid ${req.reqId} passed`);
           reject(new CubeFSError(ErrorCode.Timeout, `${what}: no reply in ${timeoutMs} ms`, { retryable: true }));
         }
       }, timeoutMs);
       this.pending.set(req.reqId, { req, qp, resolve, reject, timer });
       this.members[qp]!.reqs.add(req.reqId);
-      const send = (ch: number) => {
+      const connectThenSend = () => this.member(qp).then((ch) => send(ch, false), (e: Error) => {
+        if (this.finish(req.reqId)) reject(e);
+      });
+      const send = (ch: number, fresh: boolean) => {
         if (!this.pending.has(req.reqId)) return;
         try {
           this.ctx.native.send(ch, KIND_REQUEST, packet, opts.desc?.buf);
         } catch (e) {
+          // The QP failed and its event is still on the way: take it down now and send on a new one.
+          if (!fresh && (e as { code?: string }).code === 'ENOTCONN' && !this.closedWith) {
+            this.onQpError(qp, (e as Error).message, req.reqId);
+            void connectThenSend();
+            return;
+          }
           if (this.finish(req.reqId)) reject(wrapNative(e, what));
         }
       };
       const m = this.members[qp]!;
-      if (m.ch !== null) send(m.ch);
-      else this.member(qp).then(send, (e: Error) => {
-        if (this.finish(req.reqId)) reject(e);
-      });
+      if (m.ch !== null) send(m.ch, false);
+      else void connectThenSend();
     });
   }
 
@@ -534,7 +541,7 @@ export class RdmaConnection {
   }
 
   /** The QP is in error (native put it there): its requests fail retryable, it reconnects on next use. */
-  private onQpError(qp: number, text: string): void {
+  private onQpError(qp: number, text: string, spare?: bigint): void {
     const m = this.members[qp]!;
     if (m.ch !== null) {
       this.ctx.native.fail(m.ch, text);
@@ -545,7 +552,7 @@ export class RdmaConnection {
     const err = new CubeFSError(ErrorCode.Network, `${this.addr} qp ${qp}: ${text}`, { retryable: true });
     for (const id of [...m.reqs]) {
       const w = this.pending.get(id);
-      if (!w) continue;
+      if (!w || id === spare) continue;
       this.finish(id);
       w.reject(err);
     }
