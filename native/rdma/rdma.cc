@@ -769,22 +769,13 @@ void Context::handleCm(rdma_cm_event* ev) {
     }
     case RDMA_CM_EVENT_ESTABLISHED: {
       Channel* ch = channel(TagId(ev->id->context));
-      if (ch == nullptr || ch->state == Channel::State::Error) break;
+      if (ch == nullptr || ch->state != Channel::State::Connecting) break;
       if (!ch->server) {
         std::string err;
         ch->peerRecvDepth = ParsePrivateData(ev->param.conn.private_data, ev->param.conn.private_data_len, &err);
         if (ch->peerRecvDepth == 0) { fail(ch, err); break; }
       }
-      ch->state = Channel::State::Established;
-      ch->credits = ch->peerRecvDepth;
-      Event e{};
-      e.type = ch->server ? Event::Incoming : Event::Established;
-      e.ch = ch->id;
-      e.listener = ch->listener;
-      e.text = ch->peer;
-      e.peerRecvDepth = ch->peerRecvDepth;
-      emit(std::move(e));
-      pump(ch);
+      establish(ch);
       break;
     }
     case RDMA_CM_EVENT_REJECTED:
@@ -862,6 +853,21 @@ bool Context::postRecv(Channel* ch, uint32_t slot) {
   wr.num_sge = 1;
   ibv_recv_wr* bad = nullptr;
   return ibv_post_recv(ch->cm->qp, &wr, &bad) == 0;
+}
+
+// Connected: credits from the peer's depth, JS told. A server QP may see its first receive before its
+// ESTABLISHED event (the client sends as soon as it has its own): that receive establishes it.
+void Context::establish(Channel* ch) {
+  ch->state = Channel::State::Established;
+  ch->credits = ch->peerRecvDepth;
+  Event e{};
+  e.type = ch->server ? Event::Incoming : Event::Established;
+  e.ch = ch->id;
+  e.listener = ch->listener;
+  e.text = ch->peer;
+  e.peerRecvDepth = ch->peerRecvDepth;
+  emit(std::move(e));
+  pump(ch);
 }
 
 // Sends queued blocks while credits allow: a data block needs a credit, and the last one only if the block
@@ -995,6 +1001,7 @@ void Context::handleWc(Channel* ch, const ibv_wc& wc) {
   }
   switch (kind) {
     case WrKind::Recv: {
+      if (ch->state == Channel::State::Connecting && ch->server) establish(ch);
       ch->stats.recvs++;
       auto* b = reinterpret_cast<const uint8_t*>(ch->recvBlock(slot));
       uint16_t pktLen = Get16(b + 10);

@@ -187,6 +187,7 @@ class Context : public Napi::ObjectWrap<Context> {
 
   // All below: caller holds mu_.
   bool setupQp(Channel* ch, std::string* err);
+  void establish(Channel* ch);
   bool postRecv(Channel* ch, uint32_t slot);
   void pump(Channel* ch);
   bool postBlock(Channel* ch, BlockKind kind, const std::string& packet, const Desc& desc);

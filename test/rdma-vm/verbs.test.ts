@@ -206,12 +206,12 @@ t.test('local buffers outside the pool are refused clearly', async (t) => {
 });
 
 t.test('credits: recvDepth 4, 64 requests in flight, all complete, sends never exceed the credits', async (t) => {
+  // The server answers nothing until all 64 requests are in: only explicit credit blocks can refill the
+  // client's window meanwhile; then 64 responses go through the client's window of 4 the same way.
   const held: (() => void)[] = [];
   const r = await rig(t, (b, c) => {
-    // Answer in batches, out of the receive handler, so requests pile up against the window.
     held.push(() => c.respond(b, newReply(b.packet, Result.Ok, Buffer.from(String(b.packet.extentId)))));
-    if (held.length >= 3) setImmediate(() => held.splice(0).forEach((f) => f()));
-    else setTimeout(() => held.splice(0).forEach((f) => f()), 5);
+    if (held.length === 64) setImmediate(() => held.splice(0).forEach((f) => f()));
   }, { client: { qps: 1, recvDepth: 4, rnrRetry: 0 }, server: { recvDepth: 4, rnrRetry: 0 } });
   const all = await Promise.all(Array.from({ length: 64 }, (_, i) =>
     r.conn.request(newPacket({ opcode: Op.Write, extentId: i, reqId: nextReqId() }), { timeoutMs: 60_000 })));
@@ -224,11 +224,12 @@ t.test('credits: recvDepth 4, 64 requests in flight, all complete, sends never e
   t.comment(`client: ${JSON.stringify(c)}`);
   t.comment(`server: ${JSON.stringify(s)}`);
   t.equal(c.peerRecvDepth, 4);
-  t.ok(c.maxCreditsUsed <= c.peerRecvDepth, `client used at most ${c.peerRecvDepth} credits (max ${c.maxCreditsUsed})`);
-  t.ok(s.maxCreditsUsed <= s.peerRecvDepth, `server used at most ${s.peerRecvDepth} credits (max ${s.maxCreditsUsed})`);
+  t.ok(c.maxCreditsUsed <= c.peerRecvDepth, `client used at most ${c.peerRecvDepth} credits at once (max ${c.maxCreditsUsed})`);
+  t.ok(s.maxCreditsUsed <= s.peerRecvDepth, `server used at most ${s.peerRecvDepth} credits at once (max ${s.maxCreditsUsed})`);
   t.ok(c.minCredits >= 0 && s.minCredits >= 0, 'credits never below zero');
-  t.ok(c.creditWaits > 0, `the client waited for credits (${c.creditWaits} times): the window was exhausted and refilled`);
-  t.ok(c.sends >= 64);
+  t.ok(c.sends >= 64 && s.sends >= 64, '64 blocks each way through a window of 4: it was exhausted and refilled');
+  t.ok(s.creditBlocks > 0 && c.creditBlocks > 0, `explicit credit blocks both ways (server ${s.creditBlocks}, client ${c.creditBlocks})`);
+  t.ok(s.creditWaits > 0, `the server's responses waited for credits (${s.creditWaits} times)`);
   t.equal(c.state, 'established', 'rnr_retry 0: a send beyond the posted receives would have broken the QP; none did');
   t.equal(s.state, 'established');
   await finish(t, r);
