@@ -131,7 +131,7 @@ bool ResolveHost(const std::string& host, unsigned port, sockaddr_storage* out, 
 
 // ---- device discovery ----
 
-// rdmaDevices(): [{ name, guid, ports: [{ port, linkLayer, mtu, speed?, state }] }] for devices with an active
+// rdmaDeviceInfo(): [{ name, guid, ports: [{ port, linkLayer, mtu, speed?, state }] }] for devices with an active
 // port; no device (or no kernel support) is an empty list.
 Napi::Value Devices(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -1173,7 +1173,7 @@ void Context::CallJs(Napi::Env env, Napi::Function cb, Bridge* b, void*) {
 
 void RegisterRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("RdmaContext", Context::Define(env));
-  exports.Set("rdmaDevices", Napi::Function::New(env, Devices, "rdmaDevices"));
+  exports.Set("rdmaDeviceInfo", Napi::Function::New(env, Devices, "rdmaDeviceInfo"));
 }
 
 }  // namespace cubefs::rdma

@@ -228,7 +228,7 @@ class Context : public Napi::ObjectWrap<Context> {
   Bridge* bridge_ = nullptr;
 };
 
-// Adds `RdmaContext` and `rdmaDevices()` to the addon's exports.
+// Adds `RdmaContext` and `rdmaDeviceInfo()` to the addon's exports.
 void RegisterRdma(Napi::Env env, Napi::Object exports);
 
 }  // namespace cubefs::rdma

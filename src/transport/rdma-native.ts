@@ -74,7 +74,7 @@ export interface NativeContext {
 
 interface RdmaAddon {
   RdmaContext: new (pool: unknown, device: string | undefined, onEvents: (evs: NativeEvent[]) => void) => NativeContext;
-  rdmaDevices(): RdmaDeviceInfo[];
+  rdmaDeviceInfo(): RdmaDeviceInfo[];
 }
 
 export function rdmaAddon(): RdmaAddon {

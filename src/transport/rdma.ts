@@ -54,7 +54,7 @@ export type RdmaPool = object;
 /** Devices with an active port; empty (not an error) when there is no device or no kernel support. */
 export function rdmaDevices(): RdmaDeviceInfo[] {
   try {
-    return rdmaAddon().rdmaDevices();
+    return rdmaAddon().rdmaDeviceInfo();
   } catch (e) {
     log('rdmaDevices: %s', (e as Error).message);
     return [];
