@@ -4,11 +4,13 @@
 
 #include "fuse/session.h"
 #include "pool/pool_js.h"
+#include "rdma/rdma.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   cubefs::fuse::RegisterFuse(env, exports);
   cubefs::pool::RegisterPool(env, exports);
+  cubefs::rdma::RegisterRdma(env, exports);
   return exports;
 }
 

@@ -70,6 +70,9 @@ class Pool {
   // returns the MR (owned by the pool) or nullptr with errno set. Only built with RDMA support.
   ibv_mr* registerWith(ibv_pd* pd);
   ibv_mr* mrFor(ibv_pd* pd) const;
+  // Deregisters the MR of one PD (returns false if there is none): an RDMA context closing its PD must not
+  // take the MRs of the other PDs (client and replication traffic share the pool) with it.
+  bool deregister(ibv_pd* pd);
   // Deregisters every MR (idempotent). Called by the owner of the PDs before it deallocates them.
   void deregisterAll();
 
@@ -80,7 +83,6 @@ class Pool {
   void close();
   bool closed() const;
   // Deregisters the MR of one PD (false when there is none), for an owner that deallocates only that PD.
-  bool deregister(ibv_pd* pd);
   // The largest block alloc() could return right now without waiting (0 when none).
   size_t largestFree() const;
   // The rounded block size alloc(size) would hand out (0 when size is 0 or above maxBlock).

@@ -1,13 +1,9 @@
 /**
- * The addon's FUSE exports, typed. The addon is found by walking up from this module to build/Release
- * (this file runs from dist/src/fuse/).
+ * The addon's FUSE exports, typed (the addon itself is loaded once by src/util/addon.ts).
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
 import { FUSE_OP_COUNT, FuseOp, type NativeStats } from './types.js';
 import type { ReceiveAllocatorHandle } from '../pool/index.js';
+import { loadAddon } from '../util/addon.js';
 
 export type OnRequest = (op: number, id: number, args: Record<string, unknown>, uid: number, gid: number, pid: number) => void;
 export type OnEvent = (kind: 'init' | 'ended', info: Record<string, number>) => void;
@@ -43,22 +39,11 @@ interface Addon {
   fuseVersion: number;
 }
 
-export function findAddon(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const p = path.join(dir, 'build', 'Release', 'cubefs_native.node');
-    if (fs.existsSync(p)) return p;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('cubefs_native.node not found: run `npx node-gyp rebuild`');
-    dir = up;
-  }
-}
-
 let addon: Addon | null = null;
 
 export function fuseAddon(): Addon {
   if (addon) return addon;
-  const a = createRequire(import.meta.url)(findAddon()) as Addon;
+  const a = loadAddon() as unknown as Addon;
   if (a.fuseOpNames.length !== FUSE_OP_COUNT || a.fuseOpNames.some((n, i) => FuseOp[i] !== n)) {
     throw new Error(`native FUSE op table does not match FuseOp: ${a.fuseOpNames.join(',')}`);
   }

@@ -12,9 +12,8 @@
  * Errors are PoolError with a stable code: ENOMEM (exhausted: no block within the wait), EINVAL (a size
  * outside 1..maxBlock, a buffer this pool did not hand out), ESHUTDOWN (closed).
  */
-import { createRequire } from 'node:module';
 import { constants } from 'node:os';
-import { findAddon } from '../fuse/native.js';
+import { loadAddon } from '../util/addon.js';
 
 const E = constants.errno;
 /** Linux errno values (node's typings lack ESHUTDOWN). */
@@ -106,7 +105,7 @@ interface Addon {
 
 let addon: Addon | null = null;
 function poolAddon(): Addon {
-  addon ??= createRequire(import.meta.url)(findAddon()) as Addon;
+  addon ??= loadAddon() as unknown as Addon;
   return addon;
 }
 

@@ -20,6 +20,7 @@ export const ErrorCode = {
   NoPartition: 'CUBEFS_NO_PARTITION',
   Closed: 'CUBEFS_CLOSED',
   Invalid: 'CUBEFS_INVALID',
+  NoRdmaDevice: 'CUBEFS_NO_RDMA_DEVICE',
 } as const;
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 
