@@ -21,8 +21,13 @@ export interface MountConfig extends FsOptions {
   fuseOptions?: string[];
   /** Native FUSE worker threads. */
   workers?: number;
-  /** Unmount on SIGINT/SIGTERM (default true). */
+  /**
+   * Unmount on SIGINT/SIGTERM, flush open files and close the client, then let the signal end the process
+   * (default true). A program with its own signal handling passes false and calls unmount().
+   */
   handleSignals?: boolean;
+  /** The mount's source in /proc/mounts (default "cubefs-VOL"; mount(8) passes the fstab source). */
+  fsname?: string;
   /** Request deadline, ms. */
   timeoutMs?: number;
 }
@@ -48,9 +53,10 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
   let session: FuseSession;
   try {
     session = await FuseSession.mount(cfg.mountpoint, fs, {
-      fsname: `cubefs-${cfg.vol}`, subtype: 'cubefs', options,
+      fsname: cfg.fsname ?? `cubefs-${cfg.vol}`, subtype: 'cubefs', options,
       ...(cfg.workers ? { workers: cfg.workers } : {}),
-      handleSignals: cfg.handleSignals ?? true,
+      // The session's own handler would re-raise the signal before our cleanup (flush, close) has run.
+      handleSignals: false,
     });
   } catch (e) {
     await client.close();
@@ -65,11 +71,23 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
     });
   });
   log('mounted volume %s at %s', cfg.vol, session.mountpoint);
-  return {
-    session, client, fs, closed,
-    async unmount(): Promise<void> {
-      await session.unmount();
-      await closed;
-    },
+  const unmount = async (): Promise<void> => {
+    await session.unmount();
+    await closed;
   };
+  if (cfg.handleSignals ?? true) endOnSignals(unmount, closed);
+  return { session, client, fs, closed, unmount };
+}
+
+/** SIGINT/SIGTERM: unmount and clean up first, then end the process by that signal. */
+function endOnSignals(unmount: () => Promise<void>, closed: Promise<void>): void {
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
+  const onSignal = (sig: NodeJS.Signals): void => {
+    for (const s of signals) process.off(s, onSignal);
+    void unmount().finally(() => {
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+    });
+  };
+  for (const s of signals) process.on(s, onSignal);
+  void closed.then(() => { for (const s of signals) process.off(s, onSignal); });
 }
