@@ -8,8 +8,10 @@
  * Writes are positional (FileHandle.write at an offset) and land in the page cache before the ack, so
  * acknowledged data survives the death of the process; SyncWrite adds fdatasync.
  *
- * Ownership: the store owns its open FileHandles and closes them in close(). Sizes are tracked in memory
- * (loaded from stat at open) so capacity checks need no syscalls.
+ * Open files: a process-wide cache of at most MAX_OPEN_EXTENTS handles, least recently used closed first,
+ * never one that a read or write is using. Random writes into holes make an extent per write, so one
+ * handle per extent for the life of the process would run out of file descriptors. Sizes are tracked in
+ * memory (loaded from stat at open) so capacity checks need no syscalls.
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -33,8 +35,56 @@ export interface PartitionMeta {
 
 interface Extent {
   size: number;
-  fh: Promise<fsp.FileHandle> | null;
 }
+
+export const MAX_OPEN_EXTENTS = 512;
+
+interface OpenFile {
+  fh: Promise<fsp.FileHandle>;
+  users: number;
+}
+
+/** Open extent files of this process, in least-recently-used order (Map insertion order). */
+class OpenFiles {
+  private readonly files = new Map<string, OpenFile>();
+
+  async use<T>(file: string, fn: (fh: fsp.FileHandle) => Promise<T>): Promise<T> {
+    let f = this.files.get(file);
+    if (f) this.files.delete(file);
+    else f = { fh: fsp.open(file, fs.constants.O_RDWR | fs.constants.O_CREAT), users: 0 };
+    this.files.set(file, f);
+    f.users++;
+    this.trim();
+    try {
+      return await fn(await f.fh);
+    } catch (e) {
+      if (this.files.get(file) === f && f.users === 1) this.files.delete(file); // a failed open is not cached
+      throw e;
+    } finally {
+      f.users--;
+    }
+  }
+
+  /** Close a file's handle (before it is removed, or when its store closes). */
+  async drop(file: string): Promise<void> {
+    const f = this.files.get(file);
+    if (!f) return;
+    this.files.delete(file);
+    await f.fh.then((h) => h.close(), () => undefined).catch(() => undefined);
+  }
+
+  private trim(): void {
+    if (this.files.size <= MAX_OPEN_EXTENTS) return;
+    for (const [file, f] of this.files) {
+      if (this.files.size <= MAX_OPEN_EXTENTS) break;
+      if (f.users > 0) continue;
+      this.files.delete(file);
+      void f.fh.then((h) => h.close(), () => undefined).catch(() => undefined);
+    }
+  }
+}
+
+const openFiles = new OpenFiles();
 
 export class ExtentStore {
   readonly dir: string;
@@ -66,7 +116,7 @@ export class ExtentStore {
       if (!/^\d+$/.test(name)) continue;
       const id = Number(name);
       const s = await fsp.stat(path.join(dir, name));
-      st.extents.set(id, { size: s.size, fh: null });
+      st.extents.set(id, { size: s.size });
       if (isTinyExtent(id)) st.tinyCursor.set(id, alignUp(s.size));
       else if (id >= st.meta.NextExtentId) st.meta.NextExtentId = id + 1;
     }
@@ -106,11 +156,9 @@ export class ExtentStore {
       await this.persist();
     }
     if (this.extents.has(id)) return;
-    const e: Extent = { size: 0, fh: null };
-    this.extents.set(id, e);
+    this.extents.set(id, { size: 0 });
     try {
-      const fh = await fsp.open(this.file(id), fs.constants.O_RDWR | fs.constants.O_CREAT);
-      e.fh = Promise.resolve(fh);
+      await openFiles.use(this.file(id), async () => undefined);
     } catch (err) {
       this.extents.delete(id);
       throw err;
@@ -148,13 +196,14 @@ export class ExtentStore {
     if (end > e.size) e.size = end;
     if (isTinyExtent(id)) this.tinyCursor.set(id, Math.max(this.tinyCursor.get(id) ?? 0, alignUp(end)));
     try {
-      const fh = await this.handle(id, e);
-      let done = 0;
-      while (done < data.length) {
-        const { bytesWritten } = await fh.write(data, done, data.length - done, off + done);
-        done += bytesWritten;
-      }
-      if (sync) await fh.datasync();
+      await openFiles.use(this.file(id), async (fh) => {
+        let done = 0;
+        while (done < data.length) {
+          const { bytesWritten } = await fh.write(data, done, data.length - done, off + done);
+          done += bytesWritten;
+        }
+        if (sync) await fh.datasync();
+      });
     } catch (err) {
       if (e.size === end && before < end) e.size = Math.max(before, await this.statSize(id));
       throw err;
@@ -166,13 +215,14 @@ export class ExtentStore {
     const e = this.extents.get(id);
     if (!e) throw new ExtentNotExist(id);
     const buf = Buffer.alloc(len);
-    const fh = await this.handle(id, e);
-    let done = 0;
-    while (done < len) {
-      const { bytesRead } = await fh.read(buf, done, len - done, off + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
+    await openFiles.use(this.file(id), async (fh) => {
+      let done = 0;
+      while (done < len) {
+        const { bytesRead } = await fh.read(buf, done, len - done, off + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    });
     return buf;
   }
 
@@ -185,26 +235,17 @@ export class ExtentStore {
       return;
     }
     this.extents.delete(id);
-    if (e.fh) await (await e.fh).close().catch(() => undefined);
+    await openFiles.drop(this.file(id));
     await fsp.rm(this.file(id), { force: true });
   }
 
   async close(): Promise<void> {
     await this.persistChain;
-    for (const e of this.extents.values()) {
-      const fh = e.fh;
-      e.fh = null;
-      if (fh) await (await fh).close().catch(() => undefined);
-    }
+    for (const id of this.extents.keys()) await openFiles.drop(this.file(id));
   }
 
   file(id: number): string {
     return path.join(this.dir, String(id));
-  }
-
-  private handle(id: number, e: Extent): Promise<fsp.FileHandle> {
-    if (!e.fh) e.fh = fsp.open(this.file(id), fs.constants.O_RDWR | fs.constants.O_CREAT);
-    return e.fh;
   }
 
   private async statSize(id: number): Promise<number> {
