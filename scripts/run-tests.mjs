@@ -25,7 +25,9 @@ const findTests = (dir) => fs.existsSync(dir)
   })
   : [];
 let files = findTests(path.join(root, 'dist', 'test')).sort();
-if (pick.length) files = files.filter((f) => pick.some((p) => f.includes(p)));
+// Filters match the path below dist/ ("test/posix/apps.test.js"), not where the checkout happens to live.
+const rel = (f) => path.relative(path.join(root, 'dist'), f);
+if (pick.length) files = files.filter((f) => pick.some((p) => rel(f).includes(p)));
 const vmFiles = files.filter(isVmTest);
 if (insideVm) files = vmFiles;
 else if (!process.env.CUBEFS_RDMA_VM) files = files.filter((f) => !isVmTest(f));
