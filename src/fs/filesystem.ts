@@ -73,7 +73,7 @@ interface CachedInode {
   expires: number;
 }
 
-/** POSIX errno values a local file system gives, by wire result, when the SDK's default is not precise enough. */
+/** Answers a failed request with its errno (from the SDK's one result-code table); an EIO is also logged. */
 function fail(req: ErrReply, e: unknown, what: string): void {
   const n = errnoOf(e);
   if (n === E.EIO) log('%s: %s', what, (e as Error)?.stack ?? e);
