@@ -272,6 +272,7 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
                            InstanceMethod<&PoolWrap::Alloc>("alloc"),
                            InstanceMethod<&PoolWrap::AllocAsync>("allocAsync"),
                            InstanceMethod<&PoolWrap::Free>("free"),
+                           InstanceMethod<&PoolWrap::Contains>("contains"),
                            InstanceMethod<&PoolWrap::Stats>("stats"),
                            InstanceMethod<&PoolWrap::Close>("close"),
                            InstanceMethod<&PoolWrap::ReceiveAllocator>("receiveAllocator"),
@@ -350,6 +351,25 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
+  }
+
+  // contains(view): true when every byte of the typed array lies inside the pool's region (a pool buffer or
+  // a view inside one, e.g. a FUSE write payload in a receive buffer). Does not check that it is allocated.
+  Napi::Value Contains(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Usable(env)) return env.Undefined();
+    if (info.Length() < 1 || !info[0].IsTypedArray()) {
+      Napi::TypeError::New(env, "contains(buffer)").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    napi_value ab;
+    void* data = nullptr;
+    size_t len = 0;
+    napi_get_typedarray_info(env, info[0], nullptr, &len, &data, &ab, nullptr);
+    bool detached = false;
+    napi_is_detached_arraybuffer(env, ab, &detached);
+    if (detached || data == nullptr || len == 0) return Napi::Boolean::New(env, false);
+    return Napi::Boolean::New(env, sh_->pool->contains(data, len));
   }
 
   // free(buf): true when the block went back; false when this buffer was already freed (or detached).

@@ -16,9 +16,23 @@
  * Read/StreamRead several Ok packets of <= 128 KiB (etype 0x01, koff 0) | NotExist | Err;
  * MarkDelete Ok | NotExist. Capacity is checked before anything is written or forwarded, so a
  * DiskNoSpace never leaves a half-acknowledged write.
+ *
+ * RDMA (docs/rdma.md "Flows"): when the host has an RDMA device (rdmaDevices() non-empty, option rdma not
+ * 'off'), the node also listens for rdma_cm on the same host and the same port number as its TCP server (the
+ * rdma_cm port space is not the kernel's). It has one Pool and two RdmaContexts over it: "front" (the
+ * listener: clients, and leaders replicating to this node) and "repl" (this node's QPs to its followers),
+ * separate PDs, QPs and MRs. Over RDMA it serves Write/SyncWrite/RandomWrite/SyncRandomWrite (the payload is
+ * RDMA-Read from the sender's descriptor into a pool buffer, CRC-checked, persisted from that buffer; a
+ * leader then sends each follower a request block with the descriptor of that same buffer in the repl MR)
+ * and Read/StreamRead (the range is read into a pool buffer, RDMA-Written into the client's buffer, then
+ * answered on the same QP with Size and the CRC of the whole range). Everything else (CreateExtent, tiny
+ * writes, admin) stays on TCP. Every pool buffer is freed on every path.
  */
 import fsp from 'node:fs/promises';
 import { crc32, ExtentType, MAX_PACKET_DATA, newReply, Op, Result, type Packet } from '../proto/index.js';
+import { Pool } from '../pool/index.js';
+import { RdmaConnection, RdmaContext, RdmaListener, rdmaDevices, type RdmaRequestBlock } from '../transport/rdma.js';
+import { nextReqId } from '../transport/reqid.js';
 import { PacketServer, type RequestContext } from '../transport/server.js';
 import { ConnPool } from '../transport/tcp.js';
 import { logger } from '../util/log.js';
@@ -40,6 +54,18 @@ export interface DataNodeOptions {
   tinyExtents?: boolean;
   /** Deadline for a forwarded request to a follower. */
   forwardTimeoutMs?: number;
+  /** Serve RDMA too: 'auto' (default) when the host has a device, 'off' never. */
+  rdma?: 'auto' | 'off';
+  /** Size of the registered pool RDMA payloads land in, MiB (default 64). */
+  rdmaPoolMB?: number;
+}
+
+interface RdmaServing {
+  pool: Pool;
+  front: RdmaContext;
+  repl: RdmaContext;
+  listener: RdmaListener;
+  peers: Map<string, Promise<RdmaConnection>>;
 }
 
 export interface DataNodeStats {
@@ -52,6 +78,10 @@ export interface DataNodeStats {
   reads: number;
   forwarded: number;
   errors: number;
+  /** Requests served over RDMA (writes and reads), forwards sent to followers over RDMA. */
+  rdmaWrites: number;
+  rdmaReads: number;
+  rdmaForwards: number;
 }
 
 interface CreateDataPartitionReq {
@@ -69,7 +99,8 @@ export class DataNode {
   private readonly parts = new Map<number, ExtentStore>();
   private address = '';
   private capacity = 0;
-  private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0 };
+  private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0, rdmaWrites: 0, rdmaReads: 0, rdmaForwards: 0 };
+  private rdma: RdmaServing | null = null;
   private readonly tiny: boolean;
 
   constructor(opts: DataNodeOptions) {
@@ -79,6 +110,16 @@ export class DataNode {
 
   get addr(): string {
     return this.address;
+  }
+
+  /** "host:port" of the RDMA listener, or null when this node does not serve RDMA. */
+  get rdmaAddr(): string | null {
+    return this.rdma ? this.rdma.listener.addr : null;
+  }
+
+  /** The RDMA pool's counters (in use must be 0 when idle), or null without RDMA. */
+  rdmaPoolStats(): ReturnType<Pool['stats']> | null {
+    return this.rdma ? this.rdma.pool.stats() : null;
   }
 
   get stats(): DataNodeStats {
@@ -114,6 +155,13 @@ export class DataNode {
     const { host, port } = parseListen(this.opts.listen ?? '127.0.0.1:0');
     this.address = await server.listen(host, port);
     this.server = server;
+    if ((this.opts.rdma ?? 'auto') !== 'off' && rdmaDevices().length > 0) {
+      try {
+        this.startRdma(this.address);
+      } catch (e) {
+        log('datanode %s: RDMA not served: %s', this.address, (e as Error).message);
+      }
+    }
     log('datanode %s serving %d partitions from %s', this.address, this.parts.size, this.opts.dir);
     return this.address;
   }
@@ -122,6 +170,7 @@ export class DataNode {
     const server = this.server;
     if (!server) return;
     this.server = null;
+    this.stopRdma();
     await server.close();
     this.pool?.close();
     this.pool = null;
@@ -218,9 +267,9 @@ export class DataNode {
     return newReply(req, Result.Ok, undefined, { extentId: id });
   }
 
-  private async write(part: ExtentStore, req: Packet): Promise<Packet> {
+  private async write(part: ExtentStore, req: Packet, data: Buffer = req.data,
+    forward: (followers: string[], fwd: Packet) => Promise<void> = (f, fwd) => this.forward(f, fwd)): Promise<Packet> {
     this.counters.writes++;
-    const data = req.data;
     if (data.length !== req.size) return errReply(req, Result.Err, `write size ${req.size} but ${data.length} data bytes`);
     const crc = crc32(data);
     if (crc !== req.crc >>> 0) {
@@ -259,24 +308,35 @@ export class DataNode {
     const local = part.write(extentId, extentOffset, data, sync);
     if (followers.length > 0) {
       const fwd: Packet = { ...req, extentId, extentOffset, arg: Buffer.alloc(0), remainingFollowers: 0 };
-      await Promise.all([local, this.forward(followers, fwd)]);
+      // Both settle before we return: the caller frees `data` (an RDMA pool buffer) right after.
+      const [l, f] = await Promise.allSettled([local, forward(followers, fwd)]);
+      if (l.status === 'rejected') throw l.reason;
+      if (f.status === 'rejected') throw f.reason;
     } else {
       await local;
     }
     return newReply(req, Result.Ok, undefined, { extentId, extentOffset, remainingFollowers: req.remainingFollowers });
   }
 
-  private async read(part: ExtentStore, req: Packet): Promise<Packet | Packet[]> {
-    this.counters.reads++;
+  /** An error reply for a read request that cannot be served, or null. */
+  private checkRead(part: ExtentStore, req: Packet, max: number): Packet | null {
     const size = part.sizeOf(req.extentId);
     if (size === undefined) throw new ExtentNotExist(req.extentId);
     const want = req.size;
-    if (want <= 0 || want > MAX_READ_REQUEST || req.extentOffset < 0) {
-      return errReply(req, Result.ArgMismatch, `bad read: offset ${req.extentOffset} size ${want} (at most ${MAX_READ_REQUEST})`);
+    if (want <= 0 || want > max || req.extentOffset < 0) {
+      return errReply(req, Result.ArgMismatch, `bad read: offset ${req.extentOffset} size ${want} (at most ${max})`);
     }
     if (req.extentOffset + want > size) {
       return errReply(req, Result.Err, `extent ${req.extentId}: read [${req.extentOffset}, ${req.extentOffset + want}) past its end ${size}`);
     }
+    return null;
+  }
+
+  private async read(part: ExtentStore, req: Packet): Promise<Packet | Packet[]> {
+    this.counters.reads++;
+    const bad = this.checkRead(part, req, MAX_READ_REQUEST);
+    if (bad) return bad;
+    const want = req.size;
     const buf = await part.read(req.extentId, req.extentOffset, want);
     const out: Packet[] = [];
     for (let o = 0; o < want; o += MAX_PACKET_DATA) {
@@ -312,6 +372,150 @@ export class DataNode {
     return newReply(req, Result.Ok);
   }
 
+  // ---- RDMA ----
+
+  private startRdma(addr: string): void {
+    const { host, port } = parseListen(addr);
+    const pool = new Pool({ capacity: (this.opts.rdmaPoolMB ?? 64) * 1024 * 1024 });
+    let front: RdmaContext | null = null, repl: RdmaContext | null = null;
+    try {
+      front = new RdmaContext({ pool });
+      repl = new RdmaContext({ pool, device: front.device });
+      const listener = RdmaListener.listen(front, host, port, { onRequest: (b) => this.onRdmaRequest(b) });
+      this.rdma = { pool, front, repl, listener, peers: new Map() };
+      log('datanode %s: RDMA on %s (%s)', addr, listener.addr, front.device);
+    } catch (e) {
+      repl?.close();
+      front?.close();
+      pool.close();
+      throw e;
+    }
+  }
+
+  private stopRdma(): void {
+    const r = this.rdma;
+    if (!r) return;
+    this.rdma = null;
+    for (const p of r.peers.values()) p.then((c) => c.close(), () => undefined);
+    r.repl.close();
+    r.front.close();
+    r.pool.close();
+  }
+
+  private onRdmaRequest(b: RdmaRequestBlock): void {
+    this.counters.requests++;
+    this.rdmaHandle(b).then((reply) => {
+      if (reply.resultCode !== Result.Ok) this.counters.errors++;
+      b.conn.respond(b, reply);
+    }, (e: Error) => {
+      this.counters.errors++;
+      b.conn.respond(b, this.errorReply(b.packet, e));
+    });
+  }
+
+  private errorReply(req: Packet, e: Error): Packet {
+    if (e instanceof ExtentNotExist) return errReply(req, Result.NotExist, e.message);
+    if (e instanceof FollowerError) return errReply(req, Result.IntraGroupNet, `datanode ${this.address}: ${e.message}`);
+    if (e instanceof NoSpace || (e as NodeJS.ErrnoException).code === 'ENOSPC') {
+      return errReply(req, Result.DiskNoSpace, `datanode ${this.address}: no space: ${e.message}`);
+    }
+    log('%s: op 0x%s failed: %s', this.address, req.opcode.toString(16), e.message);
+    return errReply(req, Result.Err, `datanode ${this.address}: ${e.message}`);
+  }
+
+  /** One request that came over RDMA (docs/rdma.md "Flows"); the pool buffer is freed on every path. */
+  private async rdmaHandle(b: RdmaRequestBlock): Promise<Packet> {
+    const r = this.rdma;
+    const req = b.packet;
+    if (!r) return errReply(req, Result.Err, `datanode ${this.address}: stopping`);
+    const part = this.parts.get(req.partitionId);
+    if (!part) return errReply(req, Result.NotExist, `datanode ${this.address}: data partition ${req.partitionId} does not exist`);
+    const timeoutMs = this.opts.forwardTimeoutMs ?? 10_000;
+    switch (req.opcode) {
+      case Op.Write:
+      case Op.SyncWrite:
+      case Op.RandomWrite:
+      case Op.SyncRandomWrite: {
+        if (!b.desc) return errReply(req, Result.Err, `datanode ${this.address}: a write over RDMA needs a descriptor`);
+        if (req.size <= 0 || req.size > b.desc.len || req.size > r.pool.maxBlock) {
+          return errReply(req, Result.ArgMismatch, `datanode ${this.address}: write of ${req.size} bytes (descriptor ${b.desc.len}, at most ${r.pool.maxBlock})`);
+        }
+        this.counters.rdmaWrites++;
+        const buf = await r.pool.allocAsync(req.size, timeoutMs);
+        try {
+          await b.conn.read(b.desc, buf, { len: req.size, timeoutMs });
+          return await this.write(part, { ...req, data: buf }, buf, (followers, fwd) => this.forwardRdma(followers, fwd, buf));
+        } finally {
+          r.pool.free(buf);
+        }
+      }
+      case Op.Read:
+      case Op.StreamRead:
+      case Op.StreamFollowerRead: {
+        if (!b.desc) return errReply(req, Result.Err, `datanode ${this.address}: a read over RDMA needs a descriptor`);
+        this.counters.reads++;
+        const bad = this.checkRead(part, req, Math.min(r.pool.maxBlock, b.desc.len));
+        if (bad) return bad;
+        this.counters.rdmaReads++;
+        const want = req.size;
+        const buf = await r.pool.allocAsync(want, timeoutMs);
+        try {
+          await part.readInto(req.extentId, req.extentOffset, want, buf);
+          const crc = crc32(buf);
+          await b.conn.write(buf, b.desc, { len: want, timeoutMs });
+          return newReply(req, Result.Ok, undefined, {
+            extentType: ExtentType.Normal, extentOffset: req.extentOffset, kernelOffset: 0, size: want, crc, remainingFollowers: 0,
+          });
+        } finally {
+          r.pool.free(buf);
+        }
+      }
+      default:
+        return errReply(req, Result.Err, `datanode ${this.address}: opcode 0x${req.opcode.toString(16)} is not served over RDMA (use TCP)`);
+    }
+  }
+
+  /** The replication connection (repl context) to a follower's RDMA listener; null if it has none. */
+  private async replConn(follower: string): Promise<RdmaConnection | null> {
+    const r = this.rdma;
+    if (!r) return null;
+    let p = r.peers.get(follower);
+    if (!p) {
+      p = RdmaConnection.connect(r.repl, follower, { qps: 2, timeoutMs: 3_000 });
+      r.peers.set(follower, p);
+      p.catch(() => { if (r.peers.get(follower) === p) r.peers.delete(follower); });
+    }
+    try {
+      const c = await p;
+      return c.closed ? null : c;
+    } catch (e) {
+      log('datanode %s: no RDMA to follower %s (%s): forwarding over TCP', this.address, follower, (e as Error).message);
+      return null;
+    }
+  }
+
+  /**
+   * Replication of an RDMA write: each follower gets a request block with the descriptor of `buf` (this
+   * node's pool buffer, the repl MR) and RDMA-Reads the payload from it. A follower without RDMA gets the
+   * packet over TCP, its data being the same buffer.
+   */
+  private async forwardRdma(followers: string[], fwd: Packet, buf: Buffer): Promise<void> {
+    this.counters.forwarded += followers.length;
+    const timeoutMs = this.opts.forwardTimeoutMs ?? 10_000;
+    const one = async (f: string): Promise<Packet> => {
+      const conn = await this.replConn(f);
+      if (!conn) {
+        const pool = this.pool;
+        if (!pool) throw new Error('datanode stopped');
+        return pool.request(f, { ...fwd, data: buf }, { timeoutMs });
+      }
+      this.counters.rdmaForwards++;
+      return conn.request({ ...fwd, data: Buffer.alloc(0), size: buf.length, reqId: nextReqId() }, { desc: { buf }, timeoutMs });
+    };
+    const results = await Promise.allSettled(followers.map(one));
+    checkForwards(followers, results);
+  }
+
   /** Send `fwd` to every follower; rejects naming the first follower that did not persist it. */
   private async forward(followers: string[], fwd: Packet): Promise<void> {
     const pool = this.pool;
@@ -319,14 +523,19 @@ export class DataNode {
     this.counters.forwarded += followers.length;
     const timeoutMs = this.opts.forwardTimeoutMs ?? 10_000;
     const results = await Promise.allSettled(followers.map((f) => pool.request(f, { ...fwd }, { timeoutMs })));
-    for (let i = 0; i < followers.length; i++) {
-      const r = results[i]!;
-      if (r.status === 'rejected') throw new FollowerError(followers[i]!, (r.reason as Error).message);
-      if (r.value.resultCode !== Result.Ok) {
-        const text = r.value.data.toString('utf8');
-        if (r.value.resultCode === Result.DiskNoSpace) throw new NoSpace(`follower ${followers[i]}: ${text}`);
-        throw new FollowerError(followers[i]!, `result 0x${r.value.resultCode.toString(16)} ${text}`);
-      }
+    checkForwards(followers, results);
+  }
+}
+
+/** Rejects naming the first follower that did not persist its copy. */
+function checkForwards(followers: string[], results: PromiseSettledResult<Packet>[]): void {
+  for (let i = 0; i < followers.length; i++) {
+    const r = results[i]!;
+    if (r.status === 'rejected') throw new FollowerError(followers[i]!, (r.reason as Error).message);
+    if (r.value.resultCode !== Result.Ok) {
+      const text = r.value.data.toString('utf8');
+      if (r.value.resultCode === Result.DiskNoSpace) throw new NoSpace(`follower ${followers[i]}: ${text}`);
+      throw new FollowerError(followers[i]!, `result 0x${r.value.resultCode.toString(16)} ${text}`);
     }
   }
 }

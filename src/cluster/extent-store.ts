@@ -226,6 +226,22 @@ export class ExtentStore {
     return buf;
   }
 
+  /** Read [off, off+len) into `buf` (a pool buffer for RDMA); ranges never written read as zeros. */
+  async readInto(id: number, off: number, len: number, buf: Uint8Array): Promise<void> {
+    const e = this.extents.get(id);
+    if (!e) throw new ExtentNotExist(id);
+    if (buf.length < len) throw new RangeError(`readInto: buffer of ${buf.length} bytes for ${len}`);
+    let done = 0;
+    await openFiles.use(this.file(id), async (fh) => {
+      while (done < len) {
+        const { bytesRead } = await fh.read(buf, done, len - done, off + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+    });
+    if (done < len) buf.fill(0, done, len);
+  }
+
   /** Normal extent: remove it. Tiny extent: zero the range (no hole punching from Node). */
   async markDelete(id: number, off: number, len: number): Promise<void> {
     const e = this.extents.get(id);

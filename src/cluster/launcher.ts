@@ -38,6 +38,11 @@ export interface ClusterOptions {
   /** Datanode capacity in bytes (tests of a full disk). */
   datanodeCapacity?: number;
   heartbeatMs?: number;
+  /**
+   * Datanodes serve RDMA too when the host has a device ('auto', default): rdma_cm on the same address and
+   * the same port number as their TCP server (clients use rdmaPort 'same'). 'off': TCP only.
+   */
+  rdma?: 'auto' | 'off';
 }
 
 interface Layout {
@@ -130,13 +135,14 @@ export class EmbeddedCluster {
       const node =
         role === 'master' ? new Master({ dir, listen, metanodes: peers!.metanodes, datanodes: peers!.datanodes, ...(this.opts.heartbeatMs ? { heartbeatMs: this.opts.heartbeatMs } : {}) })
         : role === 'metanode' ? new MetaNode({ dir, listen })
-        : new DataNode({ dir, listen, ...(this.opts.datanodeCapacity ? { capacityBytes: this.opts.datanodeCapacity } : {}) });
+        : new DataNode({ dir, listen, ...(this.opts.datanodeCapacity ? { capacityBytes: this.opts.datanodeCapacity } : {}), ...(this.opts.rdma ? { rdma: this.opts.rdma } : {}) });
       run.addr = await node.start();
       run.inproc = node;
     } else {
       const args = [NODE_MAIN, role, '--dir', dir, '--listen', listen];
       if (peers) args.push('--metanodes', peers.metanodes.join(','), '--datanodes', peers.datanodes.join(','));
       if (role === 'datanode' && this.opts.datanodeCapacity) args.push('--capacity', String(this.opts.datanodeCapacity));
+      if (role === 'datanode' && this.opts.rdma) args.push('--rdma', this.opts.rdma);
       if (role === 'master' && this.opts.heartbeatMs) args.push('--heartbeat-ms', String(this.opts.heartbeatMs));
       run.addr = await this.spawnNode(run, args);
     }
@@ -191,6 +197,12 @@ export class EmbeddedCluster {
         log('%s restart failed: %s', run.role, (e as Error).message);
       }
     }
+  }
+
+  /** An in-process datanode (processes: false), for its counters; undefined in processes mode. */
+  datanode(index: number): DataNode | undefined {
+    const n = this.nodes.find((x) => x.role === 'datanode' && x.index === index);
+    return n?.inproc instanceof DataNode ? n.inproc : undefined;
   }
 
   /** The process of a node (tests kill it). */

@@ -22,6 +22,7 @@ async function main(): Promise<void> {
       datanodes: { type: 'string', default: '' },
       capacity: { type: 'string' },
       'heartbeat-ms': { type: 'string' },
+      rdma: { type: 'string' },
     },
   });
   const role = positionals[0];
@@ -40,7 +41,11 @@ async function main(): Promise<void> {
       node = new MetaNode({ dir, listen: values.listen });
       break;
     case 'datanode':
-      node = new DataNode({ dir, listen: values.listen, ...(values.capacity ? { capacityBytes: Number(values.capacity) } : {}) });
+      if (values.rdma !== undefined && values.rdma !== 'auto' && values.rdma !== 'off') throw new Error('--rdma must be auto or off');
+      node = new DataNode({
+        dir, listen: values.listen, ...(values.capacity ? { capacityBytes: Number(values.capacity) } : {}),
+        ...(values.rdma ? { rdma: values.rdma as 'auto' | 'off' } : {}),
+      });
       break;
     default:
       throw new Error(`unknown role "${role}" (want master, metanode or datanode)`);

@@ -6,6 +6,7 @@
 import { constants as os } from 'node:os';
 import { ConnPool } from '../transport/tcp.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { RdmaPath, type DataTransportStats, type RdmaPathOptions } from './rdma.js';
 import { PartitionSelector, type DataCore, type DataPartitionSource } from './partitions.js';
 import { FileStream, type ExtentMetaOps, type StreamHost } from './stream.js';
 import { log } from './partitions.js';
@@ -20,6 +21,8 @@ export interface DataClientOptions {
   retryBudgetMs?: number;
   /** Small first writes go to tiny extents; default true. */
   tinyExtents?: boolean;
+  /** The RDMA path (docs/rdma.md): built from these options (RdmaPath.create), or given. Default: TCP. */
+  rdma?: RdmaPathOptions | RdmaPath | null;
 }
 
 export class DataClient implements StreamHost {
@@ -28,6 +31,8 @@ export class DataClient implements StreamHost {
   private readonly ownPool: boolean;
   private readonly streams = new Map<number, FileStream>();
   private closed = false;
+  /** TCP data requests when there is no RDMA path (DataCore.tcp). */
+  private get tcp(): { writes: number; reads: number } { return this.core.tcpCounters; }
 
   constructor(opts: DataClientOptions) {
     this.ownPool = !opts.pool;
@@ -37,8 +42,22 @@ export class DataClient implements StreamHost {
       timeoutMs: opts.timeoutMs ?? 30_000,
       retryBudgetMs: opts.retryBudgetMs ?? 60_000,
       tinyExtents: opts.tinyExtents ?? true,
+      tcpCounters: { writes: 0, reads: 0 },
       parts: new PartitionSelector(opts.source),
+      rdma: opts.rdma instanceof RdmaPath ? opts.rdma : opts.rdma ? RdmaPath.create(opts.rdma) : null,
     };
+  }
+
+  /** What moved how: RDMA and TCP requests, payload copies, fallbacks, the pool's bytes in use. */
+  stats(): DataTransportStats {
+    const r = this.core.rdma;
+    const c = r?.counters ?? { payloadCopies: 0, rdmaWrites: 0, rdmaReads: 0, tcpWrites: 0, tcpReads: 0, rdmaErrors: 0, tcpFallbacks: 0 };
+    return { transport: r ? 'rdma' : 'tcp', ...c, ...this.tcpCounters(), poolInUse: r && !r.pool.closed ? r.pool.stats().inUseBytes : 0 };
+  }
+
+  private tcpCounters(): { tcpWrites: number; tcpReads: number } {
+    const r = this.core.rdma;
+    return r ? { tcpWrites: r.counters.tcpWrites, tcpReads: r.counters.tcpReads } : { tcpWrites: this.tcp.writes, tcpReads: this.tcp.reads };
   }
 
   /** The shared stream of `ino`, with one more reference. */
@@ -70,5 +89,6 @@ export class DataClient implements StreamHost {
       s.shutdown();
     }
     if (this.ownPool) this.core.pool.close();
+    this.core.rdma?.close();
   }
 }

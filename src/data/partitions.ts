@@ -8,6 +8,7 @@
  */
 import { PartitionStatus, Result, resultRetryable, type DataPartitionView, type Packet } from '../proto/index.js';
 import type { ConnPool } from '../transport/tcp.js';
+import type { RdmaPath } from './rdma.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
 import { logger } from '../util/log.js';
 
@@ -27,6 +28,16 @@ export interface DataCore {
   readonly retryBudgetMs: number;
   readonly tinyExtents: boolean;
   readonly parts: PartitionSelector;
+  /** Writes (normal extents, overwrites) and reads go over RDMA to datanodes it connects to; null: TCP. */
+  readonly rdma: RdmaPath | null;
+  /** Data requests over TCP, counted when there is no RDMA path (which counts its own). */
+  readonly tcpCounters: { writes: number; reads: number };
+}
+
+/** Count one TCP data request. */
+export function countTcp(core: DataCore, kind: 'writes' | 'reads'): void {
+  if (core.rdma) core.rdma.counters[kind === 'writes' ? 'tcpWrites' : 'tcpReads']++;
+  else core.tcpCounters[kind]++;
 }
 
 export class PartitionSelector {

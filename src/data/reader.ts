@@ -6,11 +6,15 @@
  * Retries: network errors and retryable results (Again, Err, TryOtherAddr, LimitedIo) go round the
  * hosts with a growing sleep until the retry budget is spent. A CRC mismatch on every host is final:
  * CubeFSError CrcMismatch.
+ *
+ * Over RDMA (core.rdma reaches the host): one StreamRead block carrying the descriptor of an empty pool
+ * buffer; the datanode RDMA-Writes the range into it and answers on the same QP with Size and the CRC of
+ * the whole range, checked here; then the one copy into the caller's buffer, and the pool buffer goes back.
  */
 import { crc32, ExtentType, newPacket, Op, Result, type Packet } from '../proto/index.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { backoffMs, isRetryable, log, replyError, type DataCore } from './partitions.js';
+import { backoffMs, countTcp, isRetryable, log, replyError, type DataCore } from './partitions.js';
 
 export interface ExtentRange {
   partitionId: number;
@@ -56,9 +60,37 @@ async function readFrom(core: DataCore, host: string, r: ExtentRange, dst: Buffe
     opcode: Op.StreamRead, extentType: tiny ? ExtentType.Tiny : ExtentType.Normal, partitionId: r.partitionId,
     extentId: r.extentId, extentOffset: r.extentOffset, kernelOffset: 0, reqId: nextReqId(), size: r.size,
   });
+  const what = `read partition ${r.partitionId} extent ${r.extentId} [${r.extentOffset}, ${r.extentOffset + r.size}) from ${host}`;
+  const rconn = core.rdma && r.size <= core.rdma.pool.maxBlock ? await core.rdma.conn(host) : null;
+  if (rconn) {
+    const path = core.rdma!;
+    const lease = await path.readBuffer(r.size, core.timeoutMs);
+    try {
+      let p: Packet;
+      try {
+        p = await rconn.request(req, { desc: { buf: lease.buf }, timeoutMs: core.timeoutMs });
+      } catch (e) {
+        if (e instanceof CubeFSError && (e.code === ErrorCode.Network || e.code === ErrorCode.Timeout)) path.failed(host, e);
+        throw e;
+      }
+      if (p.resultCode !== Result.Ok) throw replyError(p, what);
+      if (p.extentId !== r.extentId || p.extentOffset !== r.extentOffset || p.size !== r.size) {
+        throw new CubeFSError(ErrorCode.BadPacket, `${what}: unexpected RDMA reply (extent ${p.extentId} offset ${p.extentOffset} size ${p.size})`, { retryable: true });
+      }
+      const c = crc32(lease.buf);
+      if (c !== p.crc >>> 0) {
+        throw new CrcError(ErrorCode.CrcMismatch, `${what}: CRC mismatch over RDMA: reply 0x${(p.crc >>> 0).toString(16)}, data 0x${c.toString(16)}`, { retryable: true });
+      }
+      lease.buf.copy(dst, dstOffset);
+      path.counters.rdmaReads++;
+      return;
+    } finally {
+      lease.release();
+    }
+  }
+  countTcp(core, 'reads');
   let got = 0;
   let failure: Error | null = null;
-  const what = `read partition ${r.partitionId} extent ${r.extentId} [${r.extentOffset}, ${r.extentOffset + r.size}) from ${host}`;
   const onReply = (p: Packet): boolean => {
     if (p.resultCode !== Result.Ok) {
       failure = replyError(p, what);

@@ -14,12 +14,19 @@
  *
  * Payloads are the caller's buffers (subarrays), never copied; the caller keeps them unchanged until
  * the piece settles.
+ *
+ * With an RDMA path (core.rdma) that reaches the leader, ExtentWriter and randomWrite send each packet as a
+ * control block carrying the descriptor of the payload's pool buffer (the payload itself when it lies in
+ * the pool, as a FUSE write does; else a counted copy) on the shared RDMA connection to the leader; replies
+ * may then come back out of order over its QPs, so acks are applied in send order. CreateExtent and tiny
+ * writes (the leader picks extent and offset: not idempotent, and small) stay on TCP.
  */
-import { crc32, ExtentType, MAX_PACKET_DATA, newPacket, Op, Result, type DataPartitionView, type ExtentKey } from '../proto/index.js';
+import { crc32, ExtentType, MAX_PACKET_DATA, newPacket, Op, Result, type DataPartitionView, type ExtentKey, type Packet } from '../proto/index.js';
 import type { PacketConn } from '../transport/tcp.js';
+import type { RdmaConnection } from '../transport/rdma.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { backoffMs, followerArg, isRetryable, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
+import { backoffMs, countTcp, followerArg, isRetryable, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
 
 export const EXTENT_SIZE_LIMIT = 128 * 1024 * 1024;
 export const TINY_SIZE_LIMIT = 1024 * 1024;
@@ -55,6 +62,28 @@ type State = 'opening' | 'open' | 'failed';
 interface Inflight {
   piece: WritePiece;
   extentOffset: number;
+  acked?: boolean;
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * One data packet with payload over RDMA: the payload in a pool buffer (leased), the request block with its
+ * descriptor. Network failures are reported to the path (repeated ones move the datanode to TCP).
+ */
+async function rdmaSend(core: DataCore, conn: RdmaConnection, host: string, req: Packet, data: Buffer, deadline: number): Promise<Packet> {
+  const path = core.rdma!;
+  const lease = await path.payload(data, Math.max(1, Math.min(core.timeoutMs, deadline - Date.now())));
+  try {
+    const reply = await conn.request({ ...req, data: EMPTY, size: data.length }, { desc: { buf: lease.buf }, timeoutMs: core.timeoutMs });
+    if (reply.resultCode === Result.Ok) path.counters.rdmaWrites++;
+    return reply;
+  } catch (e) {
+    if (e instanceof CubeFSError && (e.code === ErrorCode.Network || e.code === ErrorCode.Timeout)) path.failed(host, e);
+    throw e;
+  } finally {
+    lease.release();
+  }
 }
 
 export class ExtentWriter {
@@ -63,6 +92,8 @@ export class ExtentWriter {
   private dp: DataPartitionView | null = null;
   private extentId = 0;
   private conn: PacketConn | null = null;
+  /** The leader's shared RDMA connection, when the RDMA path reaches it (then `conn` stays null). */
+  private rconn: RdmaConnection | null = null;
   /** Pieces waiting for the extent to be created. */
   private queued: WritePiece[] = [];
   private inflight: Inflight[] = [];
@@ -120,15 +151,17 @@ export class ExtentWriter {
         });
         const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
         if (reply.resultCode !== Result.Ok) throw replyError(reply, `CreateExtent on partition ${dp.PartitionID} (${dp.Hosts[0]})`);
-        const conn = await core.pool.dedicated(dp.Hosts[0]!);
+        const rconn = core.rdma ? await core.rdma.conn(dp.Hosts[0]!) : null;
+        const conn = rconn ? null : await core.pool.dedicated(dp.Hosts[0]!);
         if (this.retiring && this.queued.length === 0) {
-          conn.close();
+          conn?.close();
           this.state = 'failed';
           return;
         }
         this.dp = dp;
         this.extentId = reply.extentId;
         this.conn = conn;
+        this.rconn = rconn;
         this.state = 'open';
         log('ino %d: extent %d on partition %d at file offset %d', this.owner.ino, this.extentId, dp.PartitionID, this.startFileOffset);
         let off = 0;
@@ -156,15 +189,22 @@ export class ExtentWriter {
   }
 
   private send(f: Inflight): void {
-    const dp = this.dp!, conn = this.conn!;
+    const dp = this.dp!;
     this.inflight.push(f);
     const p = f.piece;
+    const core = this.owner.core;
     const req = newPacket({
       opcode: p.sync ? Op.SyncWrite : Op.Write, extentType: ExtentType.Normal, partitionId: dp.PartitionID,
       extentId: this.extentId, extentOffset: f.extentOffset, kernelOffset: p.fileOffset, reqId: nextReqId(),
       arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data: p.data, crc: p.crc,
     });
-    conn.request(req, { timeoutMs: this.owner.core.timeoutMs }).then(
+    let sent: Promise<Packet>;
+    if (this.rconn) sent = rdmaSend(core, this.rconn, dp.Hosts[0]!, req, p.data, p.deadline);
+    else {
+      countTcp(core, 'writes');
+      sent = this.conn!.request(req, { timeoutMs: core.timeoutMs });
+    }
+    sent.then(
       (reply) => {
         if (reply.resultCode !== Result.Ok) this.fail(replyError(reply, `write to partition ${dp.PartitionID} extent ${this.extentId} (${dp.Hosts[0]})`));
         else this.ack(f);
@@ -173,13 +213,19 @@ export class ExtentWriter {
     );
   }
 
-  private ack(f: Inflight): void {
+  private ack(done: Inflight): void {
     if (this.state !== 'open') return;
-    if (this.inflight[0] !== f) {
-      this.fail(new CubeFSError(ErrorCode.BadPacket, `write reply out of order on extent ${this.extentId}`));
+    if (!this.inflight.includes(done)) {
+      this.fail(new CubeFSError(ErrorCode.BadPacket, `write reply for a piece not in flight on extent ${this.extentId}`));
       return;
     }
-    this.inflight.shift();
+    // Over TCP replies come in order; over RDMA (several QPs) they may not: apply acks as a prefix.
+    done.acked = true;
+    while (this.inflight.length > 0 && this.inflight[0]!.acked && this.state === 'open') this.ackFirst();
+  }
+
+  private ackFirst(): void {
+    const f = this.inflight.shift()!;
     const n = f.piece.data.length;
     this.acked += n;
     const dp = this.dp!;
@@ -194,6 +240,7 @@ export class ExtentWriter {
     if (this.state !== 'open') return;
     this.state = 'failed';
     this.conn?.close();
+    this.rconn = null;
     this.owner.core.parts.exclude(this.dp!.PartitionID);
     const pieces = this.inflight.map((f) => f.piece);
     this.inflight = [];
@@ -212,6 +259,7 @@ export class ExtentWriter {
     if (this.retiring && this.inflight.length === 0 && this.queued.length === 0 && this.state === 'open') {
       this.conn?.close();
       this.conn = null;
+      this.rconn = null;
       this.state = 'failed';
     }
   }
@@ -242,6 +290,7 @@ export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKe
         extentOffset: 0, kernelOffset: p.fileOffset, reqId: nextReqId(), arg: followerArg(dp), remainingFollowers: remainingFollowers(dp),
         data: p.data, crc: p.crc,
       });
+      countTcp(core, 'writes');
       const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
       if (reply.resultCode === Result.DiskNoSpace && reply.data.toString('utf8').includes('no available extent')) {
         throw new NoTinyExtent(reply.data.toString('utf8'));
@@ -280,7 +329,14 @@ async function randomWritePacket(core: DataCore, key: ExtentKey, fileOffset: num
         partitionId: key.PartitionId, extentId: key.ExtentId, extentOffset, kernelOffset: fileOffset, reqId: nextReqId(),
         arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data, crc,
       });
-      const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
+      const host = dp.Hosts[0]!;
+      const rconn = core.rdma ? await core.rdma.conn(host) : null;
+      let reply: Packet;
+      if (rconn) reply = await rdmaSend(core, rconn, host, req, data, deadline);
+      else {
+        countTcp(core, 'writes');
+        reply = await core.pool.request(host, req, { timeoutMs: core.timeoutMs });
+      }
       if (reply.resultCode !== Result.Ok) throw replyError(reply, `overwrite partition ${key.PartitionId} extent ${key.ExtentId} (${dp.Hosts[0]})`);
       return;
     } catch (e) {

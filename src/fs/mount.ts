@@ -4,6 +4,9 @@
  * (our unmount(), `umount MNT`, a signal), after flushing open files and closing the client.
  */
 import { CubeFSClient } from '../sdk/client.js';
+import type { RdmaMode } from '../data/rdma.js';
+import { Pool, type PoolStats } from '../pool/index.js';
+import { rdmaDevices } from '../transport/rdma.js';
 import { FuseSession } from '../fuse/session.js';
 import { logger } from '../util/log.js';
 import { CubeFileSystem, type FsOptions } from './filesystem.js';
@@ -30,6 +33,17 @@ export interface MountConfig extends FsOptions {
   fsname?: string;
   /** Request deadline, ms. */
   timeoutMs?: number;
+  /** Data path to the datanodes: 'auto', 'on' (RDMA required) or 'off' (default): see ClientOptions.rdma. */
+  rdma?: RdmaMode;
+  /** The datanodes' RDMA port (default 17360) or 'same' (their TCP port number: the embedded cluster). */
+  rdmaPort?: number | 'same';
+  /**
+   * MiB of registered memory (default 256) shared by the FUSE receive buffers and the RDMA payloads, so a
+   * write's payload goes to the datanode by descriptor, with no copy. Only when RDMA is used.
+   */
+  rdmaPoolMB?: number;
+  /** Transport notes ("no RDMA device: using TCP", per-datanode fallbacks); default the debug log. */
+  onWarning?: (msg: string) => void;
 }
 
 export interface Mount {
@@ -39,12 +53,30 @@ export interface Mount {
   /** Settles when the mount is gone and the client closed. */
   readonly closed: Promise<void>;
   unmount(): Promise<void>;
+  /** The registered pool's counters (null without RDMA); after the end, as they were just before it closed. */
+  poolStats(): PoolStats | null;
 }
 
 export async function mountVolume(cfg: MountConfig): Promise<Mount> {
-  const client = await CubeFSClient.connect({
-    masters: cfg.masters, vol: cfg.vol, owner: cfg.owner, ...(cfg.timeoutMs ? { timeoutMs: cfg.timeoutMs } : {}),
-  });
+  // One registered pool for FUSE receive buffers and RDMA payloads, when RDMA may be used ('on' without a
+  // device fails in connect, with the pool closed again).
+  const mode = cfg.rdma ?? 'off';
+  const pool = mode === 'on' || (mode === 'auto' && rdmaDevices().length > 0)
+    ? new Pool({ capacity: (cfg.rdmaPoolMB ?? 256) * 1024 * 1024 })
+    : null;
+  let client: CubeFSClient;
+  try {
+    client = await CubeFSClient.connect({
+      masters: cfg.masters, vol: cfg.vol, owner: cfg.owner, ...(cfg.timeoutMs ? { timeoutMs: cfg.timeoutMs } : {}),
+      rdma: mode, ...(cfg.rdmaPort !== undefined ? { rdmaPort: cfg.rdmaPort } : {}),
+      ...(pool ? { rdmaPool: pool } : {}), ...(cfg.onWarning ? { onWarning: cfg.onWarning } : {}),
+    });
+  } catch (e) {
+    pool?.close();
+    throw e;
+  }
+  // 'auto' may have settled on TCP (no device usable): the pool then only serves FUSE, which is fine.
+  const fusePool = client.data.core.rdma ? pool : null;
   const fs = new CubeFileSystem(client, cfg);
   const options = ['default_permissions', 'auto_unmount'];
   if (cfg.allowOther ?? true) options.push('allow_other');
@@ -55,18 +87,25 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
     session = await FuseSession.mount(cfg.mountpoint, fs, {
       fsname: cfg.fsname ?? `cubefs-${cfg.vol}`, subtype: 'cubefs', options,
       ...(cfg.workers ? { workers: cfg.workers } : {}),
+      ...(fusePool ? { pool: fusePool } : {}),
       // The session's own handler would re-raise the signal before our cleanup (flush, close) has run.
       handleSignals: false,
     });
   } catch (e) {
     await client.close();
+    pool?.close();
     throw e;
   }
+  let finalStats: PoolStats | null = null;
   const closed = new Promise<void>((resolve) => {
     session.once('unmounted', () => {
       void fs.shutdown()
         .catch((e: Error) => log('shutdown: %s', e.message))
         .then(() => client.close())
+        .then(() => {
+          if (pool) finalStats = pool.stats();
+          pool?.close();
+        })
         .then(resolve, resolve);
     });
   });
@@ -76,7 +115,8 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
     await closed;
   };
   if (cfg.handleSignals ?? true) endOnSignals(unmount, closed);
-  return { session, client, fs, closed, unmount };
+  const poolStats = (): PoolStats | null => finalStats ?? (pool && !pool.closed ? pool.stats() : null);
+  return { session, client, fs, closed, unmount, poolStats };
 }
 
 /** SIGINT/SIGTERM: unmount and clean up first, then end the process by that signal. */

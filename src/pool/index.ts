@@ -92,6 +92,7 @@ interface NativePool {
   alloc(size: number, waitMs: number): Buffer;
   allocAsync(size: number, waitMs: number): Promise<Buffer>;
   free(buf: Uint8Array): boolean;
+  contains(buf: Uint8Array): boolean;
   stats(): PoolStats;
   close(): void;
   receiveAllocator(): ReceiveAllocatorHandle;
@@ -184,6 +185,15 @@ export class Pool {
     } catch (e) {
       throw wrap(e);
     }
+  }
+
+  /**
+   * True when every byte of `buf` lies inside this pool's region: a pool buffer or a view inside one (a FUSE
+   * write payload in a receive buffer). RDMA sends such a buffer by descriptor; anything else is copied first.
+   */
+  contains(buf: Uint8Array): boolean {
+    if (this.isClosed || !(buf instanceof Uint8Array) || buf.length === 0) return false;
+    return this.native.contains(buf);
   }
 
   stats(): PoolStats { return this.native.stats(); }

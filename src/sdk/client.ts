@@ -12,6 +12,8 @@ import { MasterClient } from '../master/client.js';
 import { Volume } from '../master/volume.js';
 import { MetaClient } from '../meta/client.js';
 import { fromRfc3339, goModeToPosix, isGoDir, isGoSymlink, posixToGoMode, S_IFDIR, S_IFLNK, S_IFREG, type InodeInfo, type VolStat } from '../proto/index.js';
+import type { Pool } from '../pool/index.js';
+import { RdmaPath, type RdmaMode } from '../data/rdma.js';
 import { ConnPool } from '../transport/tcp.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
 
@@ -31,6 +33,19 @@ export interface ClientOptions {
   connsPerNode?: number;
   uid?: number;
   gid?: number;
+  /**
+   * Data path to the datanodes (docs/rdma.md): 'off' (default) TCP; 'auto' RDMA where a device exists and a
+   * datanode answers on its RDMA port, else TCP (said once per datanode); 'on' RDMA required (an error
+   * without a device, at connect). Metadata and CreateExtent always go over TCP.
+   */
+  rdma?: RdmaMode;
+  /** The datanodes' RDMA port (default 17360), or 'same': their TCP port number (the embedded cluster). */
+  rdmaPort?: number | 'same';
+  /** Registered pool for payloads (a mount passes the FUSE session's); default: one of rdmaPoolMB MiB. */
+  rdmaPool?: Pool;
+  rdmaPoolMB?: number;
+  /** Where transport notes go ("no RDMA device: using TCP", ...); default the debug log. */
+  onWarning?: (msg: string) => void;
 }
 
 export interface Stat {
@@ -109,21 +124,33 @@ export class CubeFSClient {
   private readonly orphans = new Set<number>();
   private closed = false;
 
-  private constructor(volume: Volume, opts: ClientOptions) {
+  private constructor(volume: Volume, opts: ClientOptions, rdma: RdmaPath | null) {
     this.volume = volume;
     this.pool = new ConnPool(opts.connsPerNode ?? 4);
     const timeoutMs = opts.timeoutMs ?? 10_000;
     this.meta = new MetaClient({ vol: volume.name, source: volume, pool: this.pool, timeoutMs, transactions: volume.txRename });
-    this.data = new DataClient({ source: volume, meta: this.meta, pool: this.pool, timeoutMs });
+    this.data = new DataClient({ source: volume, meta: this.meta, pool: this.pool, timeoutMs, rdma });
     this.uid = opts.uid ?? 0;
     this.gid = opts.gid ?? 0;
   }
 
   /** Connect to a volume: validates the master, volume and owner before returning. */
   static async connect(opts: ClientOptions): Promise<CubeFSClient> {
-    const master = new MasterClient(opts.masters, { timeoutMs: opts.timeoutMs ?? 10_000 });
-    const volume = await Volume.open(master, opts.vol, opts.owner, opts.refreshMs === undefined ? {} : { refreshMs: opts.refreshMs });
-    return new CubeFSClient(volume, opts);
+    const rdma = RdmaPath.create({
+      mode: opts.rdma ?? 'off',
+      ...(opts.rdmaPort !== undefined ? { port: opts.rdmaPort } : {}),
+      ...(opts.rdmaPool ? { pool: opts.rdmaPool } : {}),
+      ...(opts.rdmaPoolMB ? { poolMB: opts.rdmaPoolMB } : {}),
+      ...(opts.onWarning ? { onWarning: opts.onWarning } : {}),
+    });
+    try {
+      const master = new MasterClient(opts.masters, { timeoutMs: opts.timeoutMs ?? 10_000 });
+      const volume = await Volume.open(master, opts.vol, opts.owner, opts.refreshMs === undefined ? {} : { refreshMs: opts.refreshMs });
+      return new CubeFSClient(volume, opts, rdma);
+    } catch (e) {
+      rdma?.close();
+      throw e;
+    }
   }
 
   async close(): Promise<void> {
