@@ -39,6 +39,33 @@ export interface MountSettings {
   logLevel?: LogLevel;
   /** Overrides logDir/<vol>.log (the demo keeps its log beside its cluster). */
   logFile?: string;
+  /** Data path to the datanodes: auto (default: RDMA where it works), on (required), off (TCP). */
+  rdma?: RdmaModeSetting;
+  /** The datanodes' RDMA port (default 17360), or 'same' (their TCP port number: the embedded cluster). */
+  rdmaPort?: number | 'same';
+  /** Registered memory for FUSE buffers and RDMA payloads, MiB (default 256). */
+  rdmaPoolMB?: number;
+}
+
+export type RdmaModeSetting = 'auto' | 'on' | 'off';
+
+function rdmaMode(v: unknown, where: string): RdmaModeSetting {
+  const s = str(v, where).toLowerCase();
+  if (s !== 'auto' && s !== 'on' && s !== 'off') throw new CliError(`${where}: "${s}" is not auto, on or off`, 2);
+  return s;
+}
+
+function rdmaPort(v: unknown, where: string): number | 'same' {
+  if (v === 'same') return 'same';
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v.trim()) ? Number(v) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new CliError(`${where}: "${String(v)}" is not a port (1..65535) or "same"`, 2);
+  return n;
+}
+
+function poolMB(v: unknown, where: string): number {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v.trim()) ? Number(v) : NaN;
+  if (!Number.isInteger(n) || n < 16 || n > 65536) throw new CliError(`${where}: "${String(v)}" is not a size in MiB (16..65536)`, 2);
+  return n;
 }
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -57,6 +84,7 @@ export interface MountFlags {
   logLevel?: string;
   logFile?: string;
   readOnly?: boolean;
+  rdma?: string;
   /** Unknown -o options are warnings instead of errors (mount -s). */
   sloppy?: boolean;
 }
@@ -165,6 +193,9 @@ export function readConfigFile(file: string, warn: (msg: string) => void): Parti
         if (!bool(v, where)) warn(`${where}: extended attributes are always enabled in this client`);
         break;
       case 'subdir': refuseSubdir(v, where); break;
+      case 'rdma': out.rdma = rdmaMode(v, where); break;
+      case 'rdmaPort': out.rdmaPort = rdmaPort(v, where); break;
+      case 'rdmaPoolMB': out.rdmaPoolMB = poolMB(v, where); break;
       default:
         if (UPSTREAM_IGNORED.has(k)) warn(`${where}: not implemented by this client, ignored`);
         else warn(`${where}: unknown key, ignored`);
@@ -198,6 +229,9 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       case 'fsyncOnClose': out.fsyncOnClose = val === undefined ? true : bool(val, where); continue;
       case 'enableXattr': if (val !== undefined && !bool(val, where)) warn(`${where}: extended attributes are always enabled in this client`); continue;
       case 'subdir': refuseSubdir(val, where); continue;
+      case 'rdma': out.rdma = rdmaMode(need(), where); continue;
+      case 'rdmaPort': out.rdmaPort = rdmaPort(need(), where); continue;
+      case 'rdmaPoolMB': out.rdmaPoolMB = poolMB(need(), where); continue;
       case 'owner':
         // owner=NAME is the volume's owner; a bare "owner" is mount(8)'s "the device owner may mount".
         if (val !== undefined) { out.owner = need(); continue; }
@@ -209,7 +243,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       if (!FUSE_IMPLIED.has(key) && !out.fuseOptions!.includes(item)) out.fuseOptions!.push(item);
       continue;
     }
-    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose; `
+    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, rdma=, rdmaPort=, rdmaPoolMB=; `
       + 'FUSE: noatime, nosuid, nodev, noexec, ...)';
     if (sloppy) warn(`${msg}, ignored`);
     else throw new CliError(msg, 2);
@@ -231,6 +265,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (flags.logLevel !== undefined) fromFlags.logLevel = logLevel(flags.logLevel, '--log-level');
   if (flags.logFile !== undefined) fromFlags.logFile = path.resolve(str(flags.logFile, '--log-file'));
   if (flags.readOnly) fromFlags.readOnly = true;
+  if (flags.rdma !== undefined) fromFlags.rdma = rdmaMode(flags.rdma, '--rdma');
 
   const m: Partial_ = { ...fromFile };
   for (const layer of [fromO, fromFlags]) {
@@ -258,6 +293,9 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (m.fsyncOnClose !== undefined) s.fsyncOnClose = m.fsyncOnClose;
   if (m.logLevel !== undefined) s.logLevel = m.logLevel;
   if (m.logFile !== undefined) s.logFile = m.logFile;
+  if (m.rdma !== undefined) s.rdma = m.rdma;
+  if (m.rdmaPort !== undefined) s.rdmaPort = m.rdmaPort;
+  if (m.rdmaPoolMB !== undefined) s.rdmaPoolMB = m.rdmaPoolMB;
   return s;
 }
 
@@ -268,6 +306,9 @@ export function settingsToArgv(s: MountSettings): string[] {
   if (s.lookupValid !== undefined) o.push(`lookupValid=${s.lookupValid}`);
   if (s.readOnly) o.push('ro');
   if (s.fsyncOnClose !== undefined) o.push(`fsyncOnClose=${s.fsyncOnClose}`);
+  if (s.rdma !== undefined) o.push(`rdma=${s.rdma}`);
+  if (s.rdmaPort !== undefined) o.push(`rdmaPort=${s.rdmaPort}`);
+  if (s.rdmaPoolMB !== undefined) o.push(`rdmaPoolMB=${s.rdmaPoolMB}`);
   o.push(...s.fuseOptions);
   const argv = [s.mountpoint, '--master', s.masters.join(','), '--vol', s.vol, '--owner', s.owner, '--log-dir', s.logDir];
   if (s.logLevel) argv.push('--log-level', s.logLevel);

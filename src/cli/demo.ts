@@ -135,6 +135,8 @@ export async function demo(o: DemoOptions): Promise<void> {
     const s: MountSettings = {
       mountpoint: mp, masters: [layout.master], vol: layout.vol, owner: layout.owner, readOnly: false,
       fuseOptions: [], logDir: DEFAULT_LOG_DIR, logFile: f.mountLog,
+      // the embedded datanodes listen for RDMA (when there is a device) on their TCP port numbers
+      rdma: 'auto', rdmaPort: 'same',
     };
     await runBackground(s, { quiet: true });
     said.push(`mounted volume "${layout.vol}" at ${mp}`);

@@ -33,11 +33,13 @@ be) and the mount lives on in its own process, logging to LOGDIR/VOL.log (defaul
   config=FILE                               read an upstream fuse.json
   attrValid=SEC  lookupValid=SEC            kernel attribute / name cache time (default 1 s)
   ro (or rdonly)  fsyncOnClose              read-only mount; sync data to the replicas on close
+  rdma=auto|on|off  rdmaPort=N|same         data path (as --rdma); the datanodes' RDMA port (default 17360;
+  rdmaPoolMB=MB                             "same": their TCP port, as the embedded cluster); pool (256)
   noatime nosuid nodev noexec ...           FUSE and VFS mount options, passed to the kernel
   defaults _netdev nofail noauto x-* ...    mount(8)'s own options, ignored here
 
 fuse.json (upstream's keys): masterAddr, mountPoint, volName, owner, logDir, logLevel (debug, info, warn,
-error), attrValid, lookupValid, rdonly, fsyncOnClose. Flags on the command line override the file.
+error), attrValid, lookupValid, rdonly, fsyncOnClose, and ours: rdma, rdmaPort, rdmaPoolMB. Flags on the command line override the file.
 
 Examples:
   cubefs-mount /mnt/cubefs --master 127.0.0.1:17010 --vol cubefs --owner cubefs
@@ -63,6 +65,7 @@ interface MountCliOptions {
   logDir?: string;
   logLevel?: string;
   logFile?: string;
+  rdma?: string;
   sloppy?: boolean;
 }
 
@@ -86,6 +89,7 @@ export function buildProgram(): Command {
     .option('-r, --read-only', 'mount read-only (same as -o ro)')
     .option('--log-dir <dir>', 'directory for the background log VOL.log (default /var/log/cubefs-mount)')
     .option('--log-level <level>', 'debug, info, warn or error (sets DEBUG when it is unset)')
+    .option('--rdma <mode>', 'data path to the datanodes: auto (RDMA where a device and the datanode allow, else TCP), on (RDMA required), off (TCP); default auto')
     .addOption(new Option('--log-file <file>', 'log file of the background mount').hideHelp())
     .addOption(new Option('--sloppy', 'unknown -o options are warnings (mount -s)').hideHelp())
     .enablePositionalOptions()
@@ -94,7 +98,7 @@ export function buildProgram(): Command {
     .action(async (mountpoint: string | undefined, o: MountCliOptions) => {
       const flags: MountFlags = { options: o.options ?? [] };
       if (mountpoint !== undefined) flags.mountpoint = mountpoint;
-      for (const k of ['master', 'vol', 'owner', 'config', 'logDir', 'logLevel', 'logFile', 'readOnly', 'sloppy'] as const) {
+      for (const k of ['master', 'vol', 'owner', 'config', 'logDir', 'logLevel', 'logFile', 'readOnly', 'sloppy', 'rdma'] as const) {
         if (o[k] !== undefined) (flags as Record<string, unknown>)[k] = o[k];
       }
       const s = resolveSettings(flags, warn);

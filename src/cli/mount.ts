@@ -93,6 +93,10 @@ export async function runForeground(s: MountSettings): Promise<number> {
       ...(s.attrValid !== undefined ? { attrValid: s.attrValid } : {}),
       ...(s.lookupValid !== undefined ? { lookupValid: s.lookupValid } : {}),
       ...(s.fsyncOnClose !== undefined ? { fsyncOnClose: s.fsyncOnClose } : {}),
+      rdma: s.rdma ?? 'auto',
+      ...(s.rdmaPort !== undefined ? { rdmaPort: s.rdmaPort } : {}),
+      ...(s.rdmaPoolMB !== undefined ? { rdmaPoolMB: s.rdmaPoolMB } : {}),
+      onWarning: (msg: string) => process.stderr.write(stamp(msg)),
     });
   } catch (e) {
     const msg = oneLine(e);
