@@ -441,7 +441,7 @@ export class DataNode {
           return errReply(req, Result.ArgMismatch, `datanode ${this.address}: write of ${req.size} bytes (descriptor ${b.desc.len}, at most ${r.pool.maxBlock})`);
         }
         this.counters.rdmaWrites++;
-        const buf = await r.pool.allocAsync(req.size, timeoutMs);
+        const buf = await poolBuffer(r.pool, req.size, timeoutMs);
         try {
           await b.conn.read(b.desc, buf, { len: req.size, timeoutMs });
           return await this.write(part, { ...req, data: buf }, buf, (followers, fwd) => this.forwardRdma(followers, fwd, buf));
@@ -458,7 +458,7 @@ export class DataNode {
         if (bad) return bad;
         this.counters.rdmaReads++;
         const want = req.size;
-        const buf = await r.pool.allocAsync(want, timeoutMs);
+        const buf = await poolBuffer(r.pool, want, timeoutMs);
         try {
           await part.readInto(req.extentId, req.extentOffset, want, buf);
           const crc = crc32(buf);
@@ -524,6 +524,18 @@ export class DataNode {
     const timeoutMs = this.opts.forwardTimeoutMs ?? 10_000;
     const results = await Promise.allSettled(followers.map((f) => pool.request(f, { ...fwd }, { timeoutMs })));
     checkForwards(followers, results);
+  }
+}
+
+/**
+ * A pool buffer: at once when a block is free (the common case: no trip through libuv's thread pool, which
+ * the extent files' I/O needs), else waiting up to waitMs off the main thread.
+ */
+function poolBuffer(pool: Pool, size: number, waitMs: number): Promise<Buffer> | Buffer {
+  try {
+    return pool.alloc(size, 0);
+  } catch {
+    return pool.allocAsync(size, waitMs);
   }
 }
 

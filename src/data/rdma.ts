@@ -26,6 +26,13 @@ const log = logger('data:rdma');
 export type RdmaMode = 'auto' | 'on' | 'off';
 export const DEFAULT_RDMA_PORT = 17360;
 export const DEFAULT_CLIENT_POOL_MB = 64;
+/**
+ * Largest write payload of one RDMA request. A TCP packet carries at most 128 KiB (upstream's limit); over
+ * RDMA the payload moves by one RDMA Read of a descriptor, so a 1 MiB FUSE write is one request, one Read,
+ * one extent write and one forward per follower instead of eight of each. (The datanode takes up to its
+ * pool's largest block, 4 MiB.)
+ */
+export const RDMA_MAX_PIECE = 1024 * 1024;
 const FALLBACK_FAILURES = 3;
 const FALLBACK_WINDOW_MS = 60_000;
 const FALLBACK_HOLD_MS = 60_000;
@@ -82,6 +89,8 @@ export interface PayloadLease {
 
 export class RdmaPath {
   readonly mode: RdmaMode;
+  /** Largest write payload per request (RDMA_MAX_PIECE). */
+  readonly maxPiece = RDMA_MAX_PIECE;
   readonly pool: Pool;
   readonly ctx: RdmaContext;
   private readonly ownPool: boolean;

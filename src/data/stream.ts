@@ -231,7 +231,8 @@ export class FileStream implements WriterOwner {
         this.handler = h;
         this.writers.add(h);
       }
-      const n = Math.min(MAX_PACKET_DATA, data.length - o, h.remaining);
+      // Over RDMA a piece may be larger than a TCP packet; a writer that ends up on TCP splits it.
+      const n = Math.min(this.core.rdma?.maxPiece ?? MAX_PACKET_DATA, data.length - o, h.remaining);
       const { piece, done } = newPiece(fileOffset + o, data.subarray(o, o + n), sync, deadline);
       h.push(piece);
       out.push(done);

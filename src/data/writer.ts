@@ -200,9 +200,19 @@ export class ExtentWriter {
     });
     let sent: Promise<Packet>;
     if (this.rconn) sent = rdmaSend(core, this.rconn, dp.Hosts[0]!, req, p.data, p.deadline);
-    else {
+    else if (p.data.length <= MAX_PACKET_DATA) {
       countTcp(core, 'writes');
       sent = this.conn!.request(req, { timeoutMs: core.timeoutMs });
+    } else {
+      // a piece cut for RDMA on a writer that ended up on TCP: <= 128 KiB packets, one reply for the piece
+      const conn = this.conn!;
+      const subs: Promise<Packet>[] = [];
+      for (let o = 0; o < p.data.length; o += MAX_PACKET_DATA) {
+        const d = p.data.subarray(o, Math.min(p.data.length, o + MAX_PACKET_DATA));
+        countTcp(core, 'writes');
+        subs.push(conn.request({ ...req, reqId: nextReqId(), extentOffset: f.extentOffset + o, kernelOffset: p.fileOffset + o, data: d, size: d.length, crc: crc32(d) }, { timeoutMs: core.timeoutMs }));
+      }
+      sent = Promise.all(subs).then((rs) => rs.find((r) => r.resultCode !== Result.Ok) ?? rs[0]!);
     }
     sent.then(
       (reply) => {
@@ -307,17 +317,26 @@ export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKe
   }
 }
 
-/** Overwrite [fileOffset, +data.length) inside `key`'s extent, <= 128 KiB a packet, to the leader. */
+/** Overwrite [fileOffset, +data.length) inside `key`'s extent, <= 128 KiB a packet (1 MiB over RDMA), to the leader. */
 export async function randomWrite(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
   const jobs: Promise<void>[] = [];
-  for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
-    const chunk = data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA));
+  const max = core.rdma?.maxPiece ?? MAX_PACKET_DATA;
+  for (let o = 0; o < data.length; o += max) {
+    const chunk = data.subarray(o, Math.min(data.length, o + max));
     jobs.push(randomWritePacket(core, key, fileOffset + o, chunk, sync, deadline));
   }
   await Promise.all(jobs);
 }
 
-async function randomWritePacket(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
+async function randomWritePacket(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number, tcpOnly = false): Promise<void> {
+  if (tcpOnly && data.length > MAX_PACKET_DATA) {
+    const jobs: Promise<void>[] = [];
+    for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
+      jobs.push(randomWritePacket(core, key, fileOffset + o, data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA)), sync, deadline, true));
+    }
+    await Promise.all(jobs);
+    return;
+  }
   const crc = crc32(data);
   const extentOffset = key.ExtentOffset + (fileOffset - key.FileOffset);
   const tiny = key.ExtentId >= 1 && key.ExtentId <= 64;
@@ -330,10 +349,14 @@ async function randomWritePacket(core: DataCore, key: ExtentKey, fileOffset: num
         arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data, crc,
       });
       const host = dp.Hosts[0]!;
-      const rconn = core.rdma ? await core.rdma.conn(host) : null;
+      const rconn = core.rdma && !tcpOnly ? await core.rdma.conn(host) : null;
       let reply: Packet;
       if (rconn) reply = await rdmaSend(core, rconn, host, req, data, deadline);
-      else {
+      else if (data.length > MAX_PACKET_DATA) {
+        // cut for RDMA, but this datanode is on TCP: as <= 128 KiB packets
+        await randomWritePacket(core, key, fileOffset, data, sync, deadline, true);
+        return;
+      } else {
         countTcp(core, 'writes');
         reply = await core.pool.request(host, req, { timeoutMs: core.timeoutMs });
       }

@@ -29,7 +29,8 @@ t.test('fio --verify=crc32c over an RDMA mount: no payload copies, pool back to 
   const s = end.stats;
   t.comment(`mount stats ${JSON.stringify(s)}; pool in use ${end.pool?.inUseBytes}, peak ${end.pool?.peakBytes}`);
   t.equal(s.transport, 'rdma', 'the mount ran the RDMA path');
-  t.ok(s.rdmaWrites >= 2 * 8 * 8, `the 16 MiB went by RDMA writes (${s.rdmaWrites})`);
+  // 8 MiB at 128 KiB: 64 requests; 8 MiB at 1 MiB: 8 (a piece over RDMA may be up to 1 MiB)
+  t.ok(s.rdmaWrites >= 64 + 8, `the 16 MiB went by RDMA writes (${s.rdmaWrites})`);
   t.ok(s.rdmaReads > 0, `verify read back by RDMA (${s.rdmaReads})`);
   t.equal(s.payloadCopies, 0, 'FUSE write payloads went by descriptor: no copy into the pool');
   t.equal(s.tcpFallbacks, 0, 'no TCP fallback');
