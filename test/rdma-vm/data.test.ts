@@ -101,3 +101,31 @@ t.test('a follower killed mid-write over RDMA: the write completes and reads bac
   t.ok(s.rdmaWrites > 0, `RDMA writes ${s.rdmaWrites} (errors ${s.rdmaErrors}, TCP fallbacks ${s.tcpFallbacks})`);
   t.equal(s.poolInUse, 0, 'client pool: nothing in use');
 });
+
+t.test('rdma "auto" against datanodes without RDMA: TCP, said once per datanode, 1 MiB pieces split for TCP', async (t) => {
+  const c = await cluster(t, { rdma: 'off' });
+  const warnings: string[] = [];
+  const fs = await CubeFSClient.connect({
+    masters: c.masterAddr, vol: c.vol, owner: c.owner, refreshMs: 1000,
+    rdma: 'auto', rdmaPort: 'same', rdmaPoolMB: 16, onWarning: (m) => warnings.push(m),
+  });
+  t.teardown(() => fs.close());
+  const data = pattern(3 * M + 17, 11);
+  await fs.writeFile('/x', data.subarray(0, 100));
+  const h = await fs.open('/x', 'r+');
+  await h.write(data, 0);
+  await h.close();
+  t.equal(sha256(await fs.readFile('/x')), sha256(data), 'reads back identical over TCP');
+  const s = fs.data.stats();
+  t.equal(s.transport, 'rdma', 'the client has an RDMA path (a device exists)');
+  t.equal(s.rdmaWrites + s.rdmaReads, 0, 'nothing went over RDMA');
+  t.ok(s.tcpWrites >= 3 * 8, `writes went as <= 128 KiB TCP packets (${s.tcpWrites})`);
+  const per = new Map<string, number>();
+  for (const w of warnings) {
+    const m = /^datanode (\S+): RDMA unavailable \(.*\), using TCP$/.exec(w);
+    t.ok(m, `says: ${w}`);
+    if (m) per.set(m[1]!, (per.get(m[1]!) ?? 0) + 1);
+  }
+  t.ok(per.size >= 1 && [...per.values()].every((n) => n === 1), `once per datanode (${[...per.entries()].map(([k, v]) => `${k}: ${v}`).join(', ')})`);
+  t.equal(s.tcpFallbacks, per.size, 'fallbacks counted');
+});
