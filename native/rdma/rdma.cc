@@ -872,9 +872,13 @@ void Context::establish(Channel* ch) {
 
 // Sends queued blocks while credits allow: a data block needs a credit, and the last one only if the block
 // returns credits. Then returns credits explicitly if that is due.
+// A block never overtakes an RDMA op issued before it that still waits for an op slot (opQ): so a server
+// may post its RDMA Write and its response back to back, and RC ordering makes the Write land before the
+// response is seen (pumpOps pumps the blocks again once the waiting ops are posted).
 void Context::pump(Channel* ch) {
   if (ch->state != Channel::State::Established) return;
   while (!ch->sendQ.empty()) {
+    if (!ch->opQ.empty()) return;
     bool credit = ch->credits >= 2 || (ch->credits == 1 && ch->toReturn > 0);
     if (!credit || ch->freeSend.empty()) {
       ch->stats.creditWaits += credit ? 0 : 1;
@@ -1051,6 +1055,7 @@ void Context::handleWc(Channel* ch, const ibv_wc& wc) {
       op.jsId = -1;
       ch->freeOps.push_back(slot);
       pumpOps(ch);
+      if (!ch->sendQ.empty() && ch->opQ.empty()) pump(ch);
       return;
     }
   }

@@ -405,6 +405,7 @@ export class DataNode {
   private onRdmaRequest(b: RdmaRequestBlock): void {
     this.counters.requests++;
     this.rdmaHandle(b).then((reply) => {
+      if (reply === null) return;
       if (reply.resultCode !== Result.Ok) this.counters.errors++;
       b.conn.respond(b, reply);
     }, (e: Error) => {
@@ -423,8 +424,11 @@ export class DataNode {
     return errReply(req, Result.Err, `datanode ${this.address}: ${e.message}`);
   }
 
-  /** One request that came over RDMA (docs/rdma.md "Flows"); the pool buffer is freed on every path. */
-  private async rdmaHandle(b: RdmaRequestBlock): Promise<Packet> {
+  /**
+   * One request that came over RDMA (docs/rdma.md "Flows"); the pool buffer is freed on every path. Null:
+   * already answered (a read answers right after posting its RDMA Write).
+   */
+  private async rdmaHandle(b: RdmaRequestBlock): Promise<Packet | null> {
     const r = this.rdma;
     const req = b.packet;
     if (!r) return errReply(req, Result.Err, `datanode ${this.address}: stopping`);
@@ -462,10 +466,15 @@ export class DataNode {
         try {
           await part.readInto(req.extentId, req.extentOffset, want, buf);
           const crc = crc32(buf);
-          await b.conn.write(buf, b.desc, { len: want, timeoutMs });
-          return newReply(req, Result.Ok, undefined, {
+          // The response goes right behind the Write on the same QP (native/rdma never lets a block overtake
+          // an earlier op; RC ordering lands the Write first): no wait for the Write's completion in between.
+          // The buffer is ours until that completion.
+          const written = b.conn.write(buf, b.desc, { len: want, timeoutMs });
+          b.conn.respond(b, newReply(req, Result.Ok, undefined, {
             extentType: ExtentType.Normal, extentOffset: req.extentOffset, kernelOffset: 0, size: want, crc, remainingFollowers: 0,
-          });
+          }));
+          await written.catch((e: Error) => log('%s: RDMA write of a read to %s failed: %s', this.address, b.conn.peer, e.message));
+          return null;
         } finally {
           r.pool.free(buf);
         }
