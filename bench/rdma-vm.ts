@@ -94,7 +94,7 @@ async function main(): Promise<void> {
 }
 
 function fmt(n: number | null): string {
-  return n === null ? '-' : n >= 100 ? n.toFixed(0) : n.toFixed(1);
+  return n === null ? '-' : n >= 100 ? n.toFixed(0) : n >= 1 ? n.toFixed(1) : n.toFixed(3);
 }
 
 main().catch((e: Error) => {
