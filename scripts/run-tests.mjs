@@ -140,7 +140,7 @@ function vmTests() {
   const timeout = Number(process.env.CUBEFS_RDMA_VM_TIMEOUT ?? 900);
   console.log(`rdma-vm: booting the VM for ${vmFiles.length} file(s) (timeout ${timeout} s)`);
   const t0 = Date.now();
-  const picked = vmFiles.map((f) => path.relative(root, f));
+  const picked = vmFiles.map(rel);
   const vm = spawn(runVmSh, ['--rw', root, '--timeout', String(timeout), '-e', 'CUBEFS_RDMA_VM=1', '-e', 'DEBUG', '--',
     `node scripts/run-tests.mjs --inside-vm ${picked.join(' ')}`], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   let counts = null, vbuf = '', ebuf = '';
