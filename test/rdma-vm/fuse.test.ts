@@ -20,7 +20,7 @@ t.test('fio --verify=crc32c over an RDMA mount: no payload copies, pool back to 
   t.teardown(() => (stopped ? undefined : m.stop().catch(() => undefined)));
   for (const bs of ['128k', '1m']) {
     const r = await runAsync('fio', ['--name=v', `--directory=${m.mnt}`, `--filename=f-${bs}`, '--rw=write', `--bs=${bs}`, '--size=8m',
-      '--verify=crc32c', '--do_verify=1', '--ioengine=psync', '--end_fsync=1']);
+      '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--do_verify=1', '--ioengine=psync', '--end_fsync=1']);
     t.equal(r.status, 0, `fio write+verify bs ${bs}`, r.status === 0 ? {} : { out: r.out.slice(-3000) });
     t.notMatch(r.out, /verify.*(bad|fail)/i, `bs ${bs}: no verify failure`);
   }
