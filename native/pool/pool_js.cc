@@ -317,17 +317,24 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
     return false;
   }
 
+  // (size, waitMs?) of alloc and allocAsync; a size out of range becomes 0, which alloc refuses clearly.
+  static bool AllocArgs(const Napi::CallbackInfo& info, size_t* size, uint32_t* waitMs) {
+    if (info.Length() < 1 || !info[0].IsNumber()) {
+      Napi::TypeError::New(info.Env(), "alloc(size, waitMs?)").ThrowAsJavaScriptException();
+      return false;
+    }
+    double want = info[0].As<Napi::Number>().DoubleValue();
+    *size = want >= 1 && want <= 1e15 ? static_cast<size_t>(want) : 0;
+    *waitMs = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
+    return true;
+  }
+
   // alloc(size, waitMs): Buffer. Waits on the calling thread (use allocAsync on the main thread).
   Napi::Value Alloc(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!Usable(env)) return env.Undefined();
-    if (info.Length() < 1 || !info[0].IsNumber()) {
-      Napi::TypeError::New(env, "alloc(size, waitMs?)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    double want = info[0].As<Napi::Number>().DoubleValue();
-    auto size = want >= 1 && want <= 1e15 ? static_cast<size_t>(want) : 0;
-    uint32_t waitMs = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
+    size_t size = 0;
+    uint32_t waitMs = 0;
+    if (!Usable(env) || !AllocArgs(info, &size, &waitMs)) return env.Undefined();
     Block b = sh_->pool->alloc(size, std::chrono::milliseconds(waitMs));
     if (!b) {
       AllocError(env, *sh_, size, waitMs).ThrowAsJavaScriptException();
@@ -339,14 +346,9 @@ class PoolWrap : public Napi::ObjectWrap<PoolWrap> {
   // allocAsync(size, waitMs): Promise<Buffer>; the wait happens on a libuv pool thread.
   Napi::Value AllocAsync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!Usable(env)) return env.Undefined();
-    if (info.Length() < 1 || !info[0].IsNumber()) {
-      Napi::TypeError::New(env, "alloc(size, waitMs?)").ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    double want = info[0].As<Napi::Number>().DoubleValue();
-    auto size = want >= 1 && want <= 1e15 ? static_cast<size_t>(want) : 0;
-    uint32_t waitMs = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
+    size_t size = 0;
+    uint32_t waitMs = 0;
+    if (!Usable(env) || !AllocArgs(info, &size, &waitMs)) return env.Undefined();
     auto* w = new AllocWorker(env, info.This().As<Napi::Object>(), sh_, size, waitMs);
     Napi::Promise p = w->Promise();
     w->Queue();

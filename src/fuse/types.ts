@@ -13,6 +13,7 @@
  * milliseconds since the epoch (fractional). Errno values come from node:os constants (`errno` below).
  */
 import { constants } from 'node:os';
+import { errnoName } from '../util/errors.js';
 import type { Pool } from '../pool/index.js';
 
 export const errno = constants.errno;
@@ -271,7 +272,7 @@ export class FuseError extends Error {
     super(message, cause === undefined ? undefined : { cause });
     this.name = 'FuseError';
     this.errno = errnoValue;
-    this.code = Object.entries(errno).find(([, v]) => v === errnoValue)?.[0] ?? 'EIO';
+    this.code = errnoName(errnoValue) ?? 'EIO';
     if (path !== undefined) this.path = path;
   }
 }

@@ -19,7 +19,7 @@ import { isGoDir } from '../proto/mode.js';
 import { AttrValid, PartitionStatus, type Dentry, type ExtentKey, type InodeInfo, type MetaPartitionView } from '../proto/types.js';
 import { ConnPool } from '../transport/tcp.js';
 import { nextReqId } from '../transport/reqid.js';
-import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
+import { CubeFSError, ErrorCode, errnoName, sleep } from '../util/errors.js';
 import { logger } from '../util/log.js';
 
 const log = logger('meta');
@@ -55,8 +55,7 @@ const STORAGE_CLASS_REPLICA = 1;
 type Body = Record<string, unknown>;
 
 function posixError(errno: number, what: string): CubeFSError {
-  const name = Object.entries(E).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-  return new CubeFSError(ErrorCode.Result, `${what}: ${name}`, { errno });
+  return new CubeFSError(ErrorCode.Result, `${what}: ${errnoName(errno) ?? `errno ${errno}`}`, { errno });
 }
 
 /** An Ok reply's JSON, or {} when the reply carries none. */

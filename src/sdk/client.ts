@@ -15,7 +15,7 @@ import { fromRfc3339, goModeToPosix, isGoDir, isGoSymlink, posixToGoMode, S_IFDI
 import type { Pool } from '../pool/index.js';
 import { RdmaPath, type RdmaMode } from '../data/rdma.js';
 import { ConnPool } from '../transport/tcp.js';
-import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { CubeFSError, ErrorCode, errnoName } from '../util/errors.js';
 
 const E = os.errno;
 export const ROOT_INO = 1;
@@ -72,8 +72,7 @@ export interface DirEntry {
 }
 
 export function fsError(errno: number, syscall: string, path: string): CubeFSError {
-  const name = Object.entries(E).find(([, v]) => v === errno)?.[0] ?? `errno ${errno}`;
-  return new CubeFSError(ErrorCode.Result, `${name}: ${syscall} '${path}'`, { errno });
+  return new CubeFSError(ErrorCode.Result, `${errnoName(errno) ?? `errno ${errno}`}: ${syscall} '${path}'`, { errno });
 }
 
 export function toStat(info: InodeInfo, sizeOverride?: number): Stat {

@@ -58,4 +58,9 @@ export function errnoOf(e: unknown): number {
   return typeof n === 'number' && n > 0 ? n : E.EIO;
 }
 
+/** The symbolic name of an errno value ("ENOENT"), or undefined for an unknown one. */
+export function errnoName(n: number): string | undefined {
+  return Object.entries(E).find(([, v]) => v === n)?.[0];
+}
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
