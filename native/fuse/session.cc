@@ -462,7 +462,8 @@ void Session::CleanupHook(void* arg) {
 }
 
 // mount(mountpoint, argv: string[], workers, maxWrite, maxRead, implemented: Uint8Array(kOpCount),
-//       onRequest: (op, id, args, uid, gid, pid) => void, allocator?: External<AllocatorHandle>): undefined.
+//       onRequest: (op, id, args, uid, gid, pid) => void, allocator?: External<AllocatorHandle>,
+//       flags?: number): undefined. flags: kMountWritebackCache asks for FUSE_CAP_WRITEBACK_CACHE.
 // Throws an Error with errno on failure.
 Napi::Value Session::Mount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -497,6 +498,8 @@ Napi::Value Session::Mount(const Napi::CallbackInfo& info) {
     }
     setAllocator(h->allocator);
   }
+  uint32_t mountFlags = info.Length() > 8 && info[8].IsNumber() ? info[8].As<Napi::Number>().Uint32Value() : 0;
+  writebackCache_ = (mountFlags & kMountWritebackCache) != 0;
 
   // libfuse reads up to its bufsize into the buffer it is given: FUSE_MAX_MAX_PAGES (256) pages plus one
   // header page in 3.14, never less than max_write plus that header.
@@ -685,6 +688,10 @@ void Session::onInit(struct fuse_conn_info* conn) {
 #ifdef FUSE_CAP_BIG_WRITES
   if (conn->capable & FUSE_CAP_BIG_WRITES) conn->want |= FUSE_CAP_BIG_WRITES;
 #endif
+  // Writeback cache: the kernel buffers writes in the page cache and sends them as large asynchronous
+  // WRITEs; it then owns the size and times of cached regular files (see src/fs/mount.ts). Only on request.
+  if (writebackCache_ && (conn->capable & FUSE_CAP_WRITEBACK_CACHE)) conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  else conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
   conn_ = *conn;
   gotInit_ = true;
   postEvent(kEventInit);

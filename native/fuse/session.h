@@ -42,6 +42,8 @@ enum class Op : uint8_t {
   Count
 };
 constexpr size_t kOpCount = static_cast<size_t>(Op::Count);
+/// mount() flags (its ninth argument).
+constexpr uint32_t kMountWritebackCache = 1;
 
 // A receive buffer and the allocator it goes back to.
 struct RecvBuf {
@@ -142,6 +144,7 @@ class Session : public Napi::ObjectWrap<Session> {
   std::string mountpoint_;
   size_t bufSize_ = 0;
   unsigned maxWrite_ = 0, maxRead_ = 0;
+  bool writebackCache_ = false;
   int stopFd_ = -1;
   bool mounted_ = false, closed_ = false, cleanupHook_ = false;
   std::atomic<bool> stop_{false};

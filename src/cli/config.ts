@@ -4,7 +4,7 @@
  *
  * fuse.json uses upstream's client keys (proto/mount_options.go): masterAddr, mountPoint, volName, owner,
  * logDir, logLevel, attrValid and lookupValid (seconds; a negative value means the default), rdonly,
- * fsyncOnClose, enableXattr, subdir. Upstream keys this client does not implement are warned about and
+ * fsyncOnClose, writecache (FUSE writeback cache), enableXattr, subdir. Upstream keys this client does not implement are warned about and
  * ignored, as are keys nobody knows; `subdir` is refused (mounting a sub-directory is not supported yet).
  *
  * `-o` mixes three kinds: our keys (the same as fuse.json, plus short forms master=, vol=, ro), FUSE/VFS
@@ -33,6 +33,8 @@ export interface MountSettings {
   readOnly: boolean;
   /** undefined: the file system's default. */
   fsyncOnClose?: boolean;
+  /** FUSE writeback cache (upstream's writecache); undefined: mountVolume's default (off). */
+  writecache?: boolean;
   /** Options for the kernel mount (noatime, nosuid, ...). */
   fuseOptions: string[];
   logDir: string;
@@ -107,7 +109,7 @@ const MOUNT8_ONLY_VALUED = new Set(['comment', 'user', 'helper', 'uhelper']);
 /** Upstream fuse.json keys this client accepts but does not implement (warned, ignored). */
 const UPSTREAM_IGNORED = new Set([
   'warnLogDir', 'profPort', 'locallyProf', 'icacheTimeout', 'readRate', 'writeRate', 'enSyncWrite', 'autoInvalData',
-  'writecache', 'keepcache', 'followerRead', 'nearRead', 'maximallyRead', 'authenticate', 'clientKey', 'ticketHost',
+  'keepcache', 'followerRead', 'nearRead', 'maximallyRead', 'authenticate', 'clientKey', 'ticketHost',
   'enableHTTPS', 'certFile', 'accessKey', 'secretKey', 'disableDcache', 'maxcpus', 'enablePosixACL', 'enableSummary',
   'enableUnixPermission', 'requestTimeout', 'volType', 'ebsEndpoint', 'ebsServerPath', 'cacheAction', 'ebsBlockSize',
   'bcacheDir', 'readThreads', 'writeThreads', 'metaSendTimeout', 'buffersTotalLimit', 'buffersChanSize',
@@ -189,6 +191,7 @@ export function readConfigFile(file: string, warn: (msg: string) => void): Parti
       case 'lookupValid': { const s = seconds(v, where); if (s !== undefined) out.lookupValid = s; break; }
       case 'rdonly': out.readOnly = bool(v, where); break;
       case 'fsyncOnClose': out.fsyncOnClose = bool(v, where); break;
+      case 'writecache': out.writecache = bool(v, where); break;
       case 'enableXattr':
         if (!bool(v, where)) warn(`${where}: extended attributes are always enabled in this client`);
         break;
@@ -227,6 +230,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       case 'lookupValid': { const s = seconds(need(), where); if (s !== undefined) out.lookupValid = s; continue; }
       case 'ro': case 'rdonly': out.readOnly = val === undefined ? true : bool(val, where); continue;
       case 'fsyncOnClose': out.fsyncOnClose = val === undefined ? true : bool(val, where); continue;
+      case 'writecache': out.writecache = val === undefined ? true : bool(val, where); continue;
       case 'enableXattr': if (val !== undefined && !bool(val, where)) warn(`${where}: extended attributes are always enabled in this client`); continue;
       case 'subdir': refuseSubdir(val, where); continue;
       case 'rdma': out.rdma = rdmaMode(need(), where); continue;
@@ -243,7 +247,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       if (!FUSE_IMPLIED.has(key) && !out.fuseOptions!.includes(item)) out.fuseOptions!.push(item);
       continue;
     }
-    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, rdma=, rdmaPort=, rdmaPoolMB=; `
+    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, rdma=, rdmaPort=, rdmaPoolMB=; `
       + 'FUSE: noatime, nosuid, nodev, noexec, ...)';
     if (sloppy) warn(`${msg}, ignored`);
     else throw new CliError(msg, 2);
@@ -291,6 +295,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (m.attrValid !== undefined) s.attrValid = m.attrValid;
   if (m.lookupValid !== undefined) s.lookupValid = m.lookupValid;
   if (m.fsyncOnClose !== undefined) s.fsyncOnClose = m.fsyncOnClose;
+  if (m.writecache !== undefined) s.writecache = m.writecache;
   if (m.logLevel !== undefined) s.logLevel = m.logLevel;
   if (m.logFile !== undefined) s.logFile = m.logFile;
   if (m.rdma !== undefined) s.rdma = m.rdma;
@@ -306,6 +311,7 @@ export function settingsToArgv(s: MountSettings): string[] {
   if (s.lookupValid !== undefined) o.push(`lookupValid=${s.lookupValid}`);
   if (s.readOnly) o.push('ro');
   if (s.fsyncOnClose !== undefined) o.push(`fsyncOnClose=${s.fsyncOnClose}`);
+  if (s.writecache !== undefined) o.push(`writecache=${s.writecache}`);
   if (s.rdma !== undefined) o.push(`rdma=${s.rdma}`);
   if (s.rdmaPort !== undefined) o.push(`rdmaPort=${s.rdmaPort}`);
   if (s.rdmaPoolMB !== undefined) o.push(`rdmaPoolMB=${s.rdmaPoolMB}`);

@@ -33,13 +33,16 @@ be) and the mount lives on in its own process, logging to LOGDIR/VOL.log (defaul
   config=FILE                               read an upstream fuse.json
   attrValid=SEC  lookupValid=SEC            kernel attribute / name cache time (default 1 s)
   ro (or rdonly)  fsyncOnClose              read-only mount; sync data to the replicas on close
+  writecache=true|false                     FUSE writeback cache (default false): small writes are
+                                            gathered by the kernel; close and fsync still wait; sizes
+                                            other clients give cached files are not seen
   rdma=auto|on|off  rdmaPort=N|same         data path (as --rdma); the datanodes' RDMA port (default 17360;
   rdmaPoolMB=MB                             "same": their TCP port, as the embedded cluster); pool (256)
   noatime nosuid nodev noexec ...           FUSE and VFS mount options, passed to the kernel
   defaults _netdev nofail noauto x-* ...    mount(8)'s own options, ignored here
 
 fuse.json (upstream's keys): masterAddr, mountPoint, volName, owner, logDir, logLevel (debug, info, warn,
-error), attrValid, lookupValid, rdonly, fsyncOnClose, and ours: rdma, rdmaPort, rdmaPoolMB. Flags on the command line override the file.
+error), attrValid, lookupValid, rdonly, fsyncOnClose, writecache, and ours: rdma, rdmaPort, rdmaPoolMB. Flags on the command line override the file.
 
 Examples:
   cubefs-mount /mnt/cubefs --master 127.0.0.1:17010 --vol cubefs --owner cubefs

@@ -93,6 +93,7 @@ export async function runForeground(s: MountSettings): Promise<number> {
       ...(s.attrValid !== undefined ? { attrValid: s.attrValid } : {}),
       ...(s.lookupValid !== undefined ? { lookupValid: s.lookupValid } : {}),
       ...(s.fsyncOnClose !== undefined ? { fsyncOnClose: s.fsyncOnClose } : {}),
+      ...(s.writecache !== undefined ? { writebackCache: s.writecache } : {}),
       rdma: s.rdma ?? 'auto',
       ...(s.rdmaPort !== undefined ? { rdmaPort: s.rdmaPort } : {}),
       ...(s.rdmaPoolMB !== undefined ? { rdmaPoolMB: s.rdmaPoolMB } : {}),

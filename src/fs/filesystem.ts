@@ -38,6 +38,9 @@ const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
 const O_ACCMODE = 3;
 const O_RDONLY = 0;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_APPEND = 0o2000;
 const O_TRUNC = 0o1000;
 const O_SYNC = 0o4010000;
 /** Longest name (bytes), as statfs reports: the kernel lets FUSE names up to 1024 bytes through. */
@@ -55,6 +58,13 @@ export interface FsOptions {
   readOnly?: boolean;
   /** fsync the data on every close (upstream's fsyncOnClose); flush always waits for the replicas. */
   fsyncOnClose?: boolean;
+  /**
+   * The mount asked for FUSE's writeback cache. The kernel then owns i_size, mtime and ctime of every
+   * regular file it has cached (it ignores getattr's and sends its own back by setattr), opens
+   * O_WRONLY files O_RDWR because it may read pages around a write, and applies O_APPEND itself (writes
+   * arrive at their final offsets; this layer never appends on its own).
+   */
+  writebackCache?: boolean;
 }
 
 interface FileHandle {
@@ -85,6 +95,7 @@ export class CubeFileSystem implements FuseOps {
   private readonly lookupValid: number;
   private readonly readOnly: boolean;
   private readonly fsyncOnClose: boolean;
+  private readonly writebackCache: boolean;
   /** Kernel lookup counts. */
   private readonly lookups = new Map<number, number>();
   /** Inodes whose last link went away while the kernel still knew them: evicted at the last forget. */
@@ -104,6 +115,7 @@ export class CubeFileSystem implements FuseOps {
     this.lookupValid = opts.lookupValid ?? 1;
     this.readOnly = opts.readOnly ?? false;
     this.fsyncOnClose = opts.fsyncOnClose ?? false;
+    this.writebackCache = opts.writebackCache ?? false;
   }
 
   get meta(): CubeFSClient['meta'] {
@@ -358,6 +370,12 @@ export class CubeFileSystem implements FuseOps {
   // ---- files ----
 
   private addFile(ino: number, flags: number): number {
+    if (this.writebackCache) {
+      // The kernel already turns O_WRONLY into O_RDWR (it reads pages around partial writes) and does
+      // O_APPEND itself; normalise here too, so nothing below treats this handle as write-only or appending.
+      if ((flags & O_ACCMODE) === O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+      flags &= ~O_APPEND;
+    }
     const fh = this.nextFh++;
     this.files.set(fh, { ino, stream: this.client.data.open(ino), flags });
     return fh;

@@ -3,6 +3,7 @@
  * mount it on our libfuse 3 session. The returned Mount ends when the session ends, from either side
  * (our unmount(), `umount MNT`, a signal), after flushing open files and closing the client.
  */
+import { execFile } from 'node:child_process';
 import { CubeFSClient } from '../sdk/client.js';
 import type { RdmaMode } from '../data/rdma.js';
 import { Pool, type PoolStats } from '../pool/index.js';
@@ -42,6 +43,15 @@ export interface MountConfig extends FsOptions {
    * write's payload goes to the datanode by descriptor, with no copy. Only when RDMA is used.
    */
   rdmaPoolMB?: number;
+  /**
+   * FUSE writeback cache (default false): the kernel buffers small writes in the page cache and sends them
+   * as large asynchronous WRITEs (up to 1 MiB, several in flight) instead of one replicated write per
+   * write(2); close(2), fsync(2), setattr and our unmount still wait for the replicas. Off by default
+   * because the kernel then trusts its own i_size and mtime for every cached regular file and ignores
+   * getattr's: a file another client (or another mount) grows keeps its old size here until the inode
+   * leaves the kernel's cache. Fine for a volume only this mount writes.
+   */
+  writebackCache?: boolean;
   /** Transport notes ("no RDMA device: using TCP", per-datanode fallbacks); default the debug log. */
   onWarning?: (msg: string) => void;
 }
@@ -77,7 +87,8 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
   }
   // 'auto' may have settled on TCP (no device usable): the pool then only serves FUSE, which is fine.
   const fusePool = client.data.core.rdma ? pool : null;
-  const fs = new CubeFileSystem(client, cfg);
+  const writebackCache = cfg.writebackCache ?? false;
+  const fs = new CubeFileSystem(client, { ...cfg, writebackCache });
   const options = ['default_permissions', 'auto_unmount'];
   if (cfg.allowOther ?? true) options.push('allow_other');
   if (cfg.readOnly) options.push('ro');
@@ -88,6 +99,7 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
       fsname: cfg.fsname ?? `cubefs-${cfg.vol}`, subtype: 'cubefs', options,
       ...(cfg.workers ? { workers: cfg.workers } : {}),
       ...(fusePool ? { pool: fusePool } : {}),
+      writebackCache,
       // The session's own handler would re-raise the signal before our cleanup (flush, close) has run.
       handleSignals: false,
     });
@@ -111,12 +123,27 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
   });
   log('mounted volume %s at %s', cfg.vol, session.mountpoint);
   const unmount = async (): Promise<void> => {
+    // With the writeback cache, data written but not yet closed or fsynced may still be dirty pages in the
+    // kernel. A plain umount syncs the superblock before it lets go, but ours is lazy when files are open,
+    // and once this session closes /dev/fuse those pages are lost: have the kernel write them back first,
+    // while we still serve the WRITEs (from another process: syncfs blocks until they are answered).
+    if (writebackCache && !session.closed) await syncMount(session.mountpoint);
     await session.unmount();
     await closed;
   };
   if (cfg.handleSignals ?? true) endOnSignals(unmount, closed);
   const poolStats = (): PoolStats | null => finalStats ?? (pool && !pool.closed ? pool.stats() : null);
   return { session, client, fs, closed, unmount, poolStats };
+}
+
+/** syncfs(2) on the mount, from a child (`sync -f`): this process must keep answering the WRITEs meanwhile. */
+function syncMount(mountpoint: string): Promise<void> {
+  return new Promise((resolve) => {
+    execFile('sync', ['-f', mountpoint], { timeout: 120_000 }, (e) => {
+      if (e) log('sync -f %s before unmount: %s', mountpoint, e.message);
+      resolve();
+    });
+  });
 }
 
 /** SIGINT/SIGTERM: unmount and clean up first, then end the process by that signal. */

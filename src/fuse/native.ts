@@ -5,13 +5,16 @@ import { FUSE_OP_COUNT, FuseOp, type NativeStats } from './types.js';
 import type { ReceiveAllocatorHandle } from '../pool/index.js';
 import { loadAddon } from '../util/addon.js';
 
+/** mount() flags (native/fuse/session.h). */
+export const MOUNT_WRITEBACK_CACHE = 1;
+
 export type OnRequest = (op: number, id: number, args: Record<string, unknown>, uid: number, gid: number, pid: number) => void;
 export type OnEvent = (kind: 'init' | 'ended', info: Record<string, number>) => void;
 
 /** native/fuse/session.h Session. Reply methods return false when the id is not outstanding. */
 export interface NativeSession {
   mount(mountpoint: string, argv: string[], workers: number, maxWrite: number, maxRead: number,
-    implemented: Uint8Array, onRequest: OnRequest, allocator?: ReceiveAllocatorHandle): void;
+    implemented: Uint8Array, onRequest: OnRequest, allocator?: ReceiveAllocatorHandle, flags?: number): void;
   close(): void;
   stats(): NativeStats;
   replyErr(id: number, errno: number): boolean;

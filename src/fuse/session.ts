@@ -20,7 +20,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { errnoOf } from '../util/errors.js';
 import { logger } from '../util/log.js';
-import { fuseAddon, type NativeSession } from './native.js';
+import { fuseAddon, MOUNT_WRITEBACK_CACHE, type NativeSession } from './native.js';
 import {
   FUSE_OP_COUNT, FuseError, FuseOp, errno,
   type Attr, type ConnInfo, type Entry, type FuseOps, type MountOptions, type NativeStats, type OpenReply,
@@ -253,7 +253,8 @@ export class FuseSession extends EventEmitter {
     const inited = new Promise<void>((resolve, reject) => { this.initWait = { resolve, reject }; });
     try {
       this.native.mount(this.mountpoint, ['-o', o.join(',')], workers, maxWrite, maxRead, implemented,
-        (op, id, args, uid, gid, pid) => this.dispatch(op, id, args, uid, gid, pid), allocator);
+        (op, id, args, uid, gid, pid) => this.dispatch(op, id, args, uid, gid, pid), allocator,
+        opts.writebackCache ? MOUNT_WRITEBACK_CACHE : 0);
     } catch (e) {
       this.closed = true;
       throw new FuseError((e as Error).message, errnoOf(e), this.mountpoint, e);

@@ -250,6 +250,13 @@ export interface MountOptions {
    * allocator alive until it is gone, even if the pool is closed first.
    */
   pool?: Pool;
+  /**
+   * Ask for FUSE_CAP_WRITEBACK_CACHE (default false): the kernel buffers writes in the page cache and sends
+   * large asynchronous WRITEs. It then opens O_WRONLY files O_RDWR (and may read through them), applies
+   * O_APPEND itself, keeps i_size and mtime/ctime authoritative (sending them back by setattr), and ignores
+   * the sizes and times getattr reports for regular files. conn.want tells whether the kernel agreed.
+   */
+  writebackCache?: boolean;
 }
 
 /** The native session's counters. */

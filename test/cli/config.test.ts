@@ -21,6 +21,9 @@ t.test('-o: our keys, FUSE options passed through, mount(8) options dropped', as
   t.equal(o.fsyncOnClose, true, 'bare fsyncOnClose is true');
   t.same(o.fuseOptions, ['noatime', 'nosuid'], 'FUSE options pass, mount(8)-only and implied ones do not');
   t.equal(parseOptions(['owner'], quiet).owner, undefined, 'a bare "owner" is mount(8)\'s, not ours');
+  t.equal(o.writecache, undefined, 'writecache unset: the mount\'s default (off)');
+  t.equal(parseOptions(['writecache=false'], quiet).writecache, false, 'writecache=false turns the writeback cache off');
+  t.equal(parseOptions(['writecache'], quiet).writecache, true, 'bare writecache is true');
   t.throws(() => parseOptions(['frobnicate'], quiet), CliError, 'an unknown option is refused');
   const warned: string[] = [];
   parseOptions(['frobnicate'], (m) => warned.push(m), true);
@@ -35,7 +38,7 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   const f = path.join(dir, 'fuse.json');
   fs.writeFileSync(f, JSON.stringify({
     masterAddr: 'a:1,b:2', mountPoint: '/mnt/x', volName: 'v', owner: 'o', logDir: '/tmp/l', logLevel: 'INFO',
-    attrValid: '30', lookupValid: 30, rdonly: 'true', fsyncOnClose: false, enableXattr: 'false', icacheTimeout: '5', zzz: 1,
+    attrValid: '30', lookupValid: 30, rdonly: 'true', fsyncOnClose: false, writecache: 'false', enableXattr: 'false', icacheTimeout: '5', zzz: 1,
   }));
   const warned: string[] = [];
   const c = readConfigFile(f, (m) => warned.push(m));
@@ -44,6 +47,7 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   t.equal(c.lookupValid, 30);
   t.equal(c.readOnly, true, '"true" is true');
   t.equal(c.fsyncOnClose, false);
+  t.equal(c.writecache, false, 'upstream\'s writecache key: the FUSE writeback cache');
   t.equal(c.logLevel, 'info', 'log level, any case');
   t.equal(warned.length, 3, 'three warnings');
   t.match(warned.join('\n'), /enableXattr: extended attributes are always enabled/);

@@ -179,6 +179,21 @@ t.test('a second mount on the same mountpoint fails with EBUSY', async (t) => {
   t.ok(fs.readdirSync(mnt).includes('links'), 'and still serves');
 });
 
+t.test('two mounts: an append closed on one is seen (size and bytes) on the other, which had the file cached', async (t) => {
+  // The FUSE writeback cache would break this: the kernel then trusts its own i_size for a cached inode and
+  // ignores the size getattr reports, so the second mount keeps the old size (why it is off by default).
+  const mnt3 = path.join(dir, 'mnt-xc');
+  const m = await env.mount(mnt3);
+  const a = path.join(mnt, 'xc-append');
+  const b = path.join(mnt3, 'xc-append');
+  fs.writeFileSync(a, Buffer.alloc(100, 1));
+  t.equal(fs.statSync(b).size, 100, 'the other mount sees the first 100 bytes');
+  fs.appendFileSync(a, Buffer.alloc(100, 2));
+  t.ok(await until(() => fs.statSync(b).size === 200, 10_000), 'after the append is closed, the other mount sees 200 bytes');
+  t.equal(fs.readFileSync(b).length, 200, 'and reads them');
+  t.equal(await m.stop(), 0, 'the second mount unmounts cleanly');
+});
+
 t.test('unmount with a file open: umount is EBUSY, the lazy unmount works, the data is intact after a remount', async (t) => {
   const mnt2 = path.join(dir, 'mnt2');
   const m2 = await env.mount(mnt2);
