@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
 import { mountedAt } from '../../src/fuse/session.js';
+export { until } from '../support/wait.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const BIN = path.join(ROOT, 'bin/cubefs-mount');
@@ -51,15 +52,6 @@ export function start(t: Test, args: string[]): { child: ChildProcess; out: () =
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
   return { child, out: () => out, err: () => err, exited };
-}
-
-/** Polls `cond` every 50 ms for up to `ms` (a bound, not an assertion on time). */
-export async function until(cond: () => boolean, ms = 20_000): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end;) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return cond();
 }
 
 export function alive(pid: number): boolean {

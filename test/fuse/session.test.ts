@@ -1,13 +1,13 @@
 import t from 'tap';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { FuseSession, mountedAt } from '../../src/fuse/session.js';
 import { NullFs } from '../../src/fuse/nullfs.js';
 import { FuseError, errno, type FuseOps } from '../../src/fuse/types.js';
+import { scratchMount, until } from '../support/wait.js';
 
 type TT = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -15,31 +15,10 @@ const run = promisify(execFile);
 const MiB = 1 << 20;
 const FIXTURE = new URL('./fixtures/mount-null.js', import.meta.url).pathname;
 
-/** A temp dir with an empty `mnt` in it; in teardown: whatever is still mounted there goes, then the dir. */
-function scratch(t: TT): { dir: string; mnt: string } {
-  const dir = fs.mkdtempSync(os.tmpdir() + '/cubefs-');
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  t.teardown(() => {
-    if (mountedAt(mnt) !== null) spawnSync('umount', ['-l', mnt]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return { dir, mnt };
-}
-
 async function mount(t: TT, mnt: string, ops: FuseOps, options: string[] = []): Promise<FuseSession> {
   const s = await FuseSession.mount(mnt, ops, { fsname: 'nullfs-test', options, handleSignals: false });
   t.teardown(() => s.unmount());
   return s;
-}
-
-/** Polls `cond` every 50 ms for up to `ms` (a bound, not an assertion on time). */
-async function until(cond: () => boolean, ms = 10000): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end;) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return cond();
 }
 
 /** Starts the fixture client and resolves once it printed "ready". */
@@ -57,7 +36,7 @@ async function client(t: TT, mnt: string, args: string[] = []): Promise<{ child:
 }
 
 t.test('null fs: dd writes and reads 64 MiB in 1 MiB requests, stat works, unmount via the API', async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const nullfs = new NullFs();
   const s = await mount(t, mnt, nullfs.ops);
   t.equal(s.conn?.maxWrite, MiB, 'INIT negotiated max_write = 1 MiB');
@@ -99,7 +78,7 @@ t.test('null fs: dd writes and reads 64 MiB in 1 MiB requests, stat works, unmou
 });
 
 t.test("umount MNT from outside emits 'unmounted'", async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const s = await mount(t, mnt, new NullFs().ops);
   const gone = new Promise<void>((r) => s.once('unmounted', r));
   await run('umount', [mnt]);
@@ -109,7 +88,7 @@ t.test("umount MNT from outside emits 'unmounted'", async (t) => {
 });
 
 t.test('a SIGKILLed client leaves no stale mount (auto_unmount)', async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const { child } = await client(t, mnt);
   t.equal(mountedAt(mnt), 'fuse.cubefs', 'the child mounted');
   const exited = new Promise((r) => child.once('exit', r));
@@ -120,7 +99,7 @@ t.test('a SIGKILLed client leaves no stale mount (auto_unmount)', async (t) => {
 });
 
 t.test('SIGTERM unmounts cleanly, then the signal ends the client', async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const { child, out } = await client(t, mnt, ['--no-auto-unmount']);
   const exited = new Promise<[number | null, string | null]>((r) => child.once('exit', (c, sig) => r([c, sig])));
   child.kill('SIGTERM');
@@ -131,7 +110,7 @@ t.test('SIGTERM unmounts cleanly, then the signal ends the client', async (t) =>
 });
 
 t.test('clear errors: missing mountpoint, a file, an existing mount', async (t) => {
-  const { dir, mnt } = scratch(t);
+  const { dir, mnt } = scratchMount(t);
   const ops = new NullFs().ops;
   await t.rejects(FuseSession.mount(path.join(dir, 'nope'), ops), { name: 'FuseError', code: 'ENOENT', errno: errno.ENOENT, message: /does not exist/ });
   fs.writeFileSync(path.join(dir, 'file'), 'x');
@@ -149,7 +128,7 @@ t.test('clear errors: missing mountpoint, a file, an existing mount', async (t) 
 });
 
 t.test('handler failures are answered, never hang: throw, reject and no reply give EIO; a second reply is dropped', async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const nullfs = new NullFs();
   const lookup = nullfs.ops.lookup!;
   const ops: FuseOps = {
@@ -184,7 +163,7 @@ t.test('handler failures are answered, never hang: throw, reject and no reply gi
 });
 
 t.test('a write payload is a view of the receive buffer, detached once answered', async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const nullfs = new NullFs();
   const seen: { text: string; lenBefore: number; lenAfter: number }[] = [];
   let kept: Buffer | null = null;
@@ -206,7 +185,7 @@ t.test('a write payload is a view of the receive buffer, detached once answered'
 });
 
 t.test('unmount with a request still in a handler answers it EIO: the caller does not hang', async (t) => {
-  const { mnt } = scratch(t);
+  const { mnt } = scratchMount(t);
   const nullfs = new NullFs();
   let parked = 0;
   const ops: FuseOps = { ...nullfs.ops, read: () => { parked++; return new Promise<void>(() => {}); } };

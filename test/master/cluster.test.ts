@@ -10,16 +10,7 @@ import { MetaNode } from '../../src/cluster/metanode.js';
 import { DataNode } from '../../src/cluster/datanode.js';
 import { MasterClient } from '../../src/master/client.js';
 import { Volume } from '../../src/master/volume.js';
-import { sleep } from '../../src/util/errors.js';
-
-async function until(what: string, cond: () => Promise<boolean>, ms = 15000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { waitFor } from '../support/wait.js';
 
 t.test('master with the real metanode and datanodes', async (t) => {
   const dir = fs.mkdtempSync(os.tmpdir() + '/cubefs-');
@@ -50,7 +41,7 @@ t.test('master with the real metanode and datanodes', async (t) => {
   vol = await Volume.open(client, 'vol1', 'alice', { refreshMs: 0 });
   t.equal(vol.txRename, true);
   t.same(vol.metaPartitions().map((m) => m.LeaderAddr), [metaAddr, metaAddr, metaAddr]);
-  await until('the root inode counted through the metanode heartbeat', async () => (await vol!.stat()).InodeCount >= 1);
+  await waitFor('the root inode counted through the metanode heartbeat', async () => (await vol!.stat()).InodeCount >= 1);
   const st = await vol.stat();
   t.equal(st.TotalSize, 1024 ** 3);
   t.equal(st.InodeCount, 1, 'a fresh volume holds the root inode only');
@@ -58,7 +49,7 @@ t.test('master with the real metanode and datanodes', async (t) => {
   const victim = datas[1]!;
   const victimAddr = victim.addr;
   await victim.stop();
-  await until('read-only partitions', async () => {
+  await waitFor('read-only partitions', async () => {
     await vol!.refresh();
     return vol!.dataPartitions().some((d) => d.Status === 1);
   });
@@ -67,7 +58,7 @@ t.test('master with the real metanode and datanodes', async (t) => {
   }
   revived = new DataNode({ dir: `${dir}/data1`, listen: victimAddr });
   await revived.start();
-  await until('read-write again', async () => {
+  await waitFor('read-write again', async () => {
     await vol!.refresh();
     return vol!.dataPartitions().every((d) => d.Status === 2);
   });

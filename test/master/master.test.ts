@@ -8,8 +8,9 @@ import { Master } from '../../src/cluster/master.js';
 import { MasterClient, authKeyOf } from '../../src/master/client.js';
 import { Volume } from '../../src/master/volume.js';
 import { Op } from '../../src/proto/index.js';
-import { CubeFSError, ErrorCode, sleep } from '../../src/util/errors.js';
+import { CubeFSError, ErrorCode } from '../../src/util/errors.js';
 import { TestAdminPeer } from './peer.js';
+import { waitFor } from '../support/wait.js';
 
 /** The subtest object tap hands a test function. */
 type TT = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -54,15 +55,6 @@ async function deadAddr(): Promise<string> {
   const port = (s.address() as net.AddressInfo).port;
   await new Promise<void>((r) => s.close(() => r()));
   return `127.0.0.1:${port}`;
-}
-
-async function until(what: string, cond: () => Promise<boolean>, ms = 15000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await sleep(50);
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 function rawGet(addr: string, path: string): Promise<{ status: number; body: string }> {
@@ -279,12 +271,12 @@ t.test('a data partition goes read-only while a datanode misses heartbeats', asy
     await vol.refresh();
     return new Map(vol.dataPartitions().map((d) => [d.PartitionID, d.Status]));
   };
-  await until('read-only', async () => (await statusOf()).get(2) === 1);
+  await waitFor('read-only', async () => (await statusOf()).get(2) === 1);
   const st = await statusOf();
   // dp1 hosts [d0,d1], dp2 [d1,d2], dp3 [d2,d0]
   t.same([st.get(1), st.get(2), st.get(3)], [2, 1, 1], 'partitions with the silent host are read-only, the others stay read-write');
   victim.silent = false;
-  await until('read-write again', async () => [...(await statusOf()).values()].every((s) => s === 2));
+  await waitFor('read-write again', async () => [...(await statusOf()).values()].every((s) => s === 2));
   t.pass('back to read-write once the datanode answers');
 });
 
@@ -306,11 +298,11 @@ t.test('Volume: open, transactions, refresh coalescing, stat from heartbeats', a
   const b = vol.refresh();
   t.equal(a, b, 'concurrent refreshes share one request');
   await a;
-  await until('stats from the metanode heartbeat', async () => (await vol.stat()).InodeCount === 4);
+  await waitFor('stats from the metanode heartbeat', async () => (await vol.stat()).InodeCount === 4);
   const st = await vol.stat();
   t.equal(st.UsedSize, 1024);
   t.equal(st.TotalSize, 2 * 1024 ** 3);
-  await until('periodic refresh picks up MaxInodeID', async () => vol.metaPartitions()[1]!.MaxInodeID === 4194306);
+  await waitFor('periodic refresh picks up MaxInodeID', async () => vol.metaPartitions()[1]!.MaxInodeID === 4194306);
   t.pass('periodic refresh ran');
 
   const old = vol.metaPartitions();

@@ -1,14 +1,13 @@
 import t from 'tap';
-import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { Pool, PoolError, rdmaDevices } from '../../src/pool/index.js';
-import { FuseSession, mountedAt } from '../../src/fuse/session.js';
+import { FuseSession } from '../../src/fuse/session.js';
 import { NullFs } from '../../src/fuse/nullfs.js';
+import { scratchMount, until } from '../support/wait.js';
 
 type TT = Parameters<Parameters<typeof t.test>[0]>[0];
 
@@ -56,14 +55,6 @@ function intact(buf: Buffer, id: number): boolean {
   return true;
 }
 const blockOf = (size: number): number => Math.max(4 * KiB, 2 ** Math.ceil(Math.log2(size)));
-
-async function until(cond: () => boolean, ms = 10000): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end;) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return cond();
-}
 
 t.test('split and merge: the whole pool in 4 KiB blocks, freed in random order, merges back to 4 MiB blocks', async (t) => {
   const p = pool(t, 8 * MiB);
@@ -232,19 +223,8 @@ t.test('no RDMA device on the host: discovery is empty, the pool works without r
 
 // ---- FUSE receive buffers from the pool ----
 
-function scratch(t: TT): string {
-  const dir = fs.mkdtempSync(os.tmpdir() + '/cubefs-');
-  const mnt = path.join(dir, 'mnt');
-  fs.mkdirSync(mnt);
-  t.teardown(() => {
-    if (mountedAt(mnt) !== null) spawnSync('umount', ['-l', mnt]);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  return mnt;
-}
-
 t.test('FUSE: null fs receive buffers come from the pool; dd through it; in use = idle workers, then 0', async (t) => {
-  const mnt = scratch(t);
+  const mnt = scratchMount(t).mnt;
   const p = pool(t, 32 * MiB);
   const nullfs = new NullFs();
   const workers = 4;
@@ -271,7 +251,7 @@ t.test('FUSE: null fs receive buffers come from the pool; dd through it; in use 
 });
 
 t.test('FUSE: a pool too small for every worker falls back to the heap without blocking, and may close under a mount', async (t) => {
-  const mnt = scratch(t);
+  const mnt = scratchMount(t).mnt;
   const p = pool(t, 4 * MiB);
   const nullfs = new NullFs();
   const s = await FuseSession.mount(mnt, nullfs.ops, { fsname: 'nullfs-pool', handleSignals: false, workers: 4, pool: p });

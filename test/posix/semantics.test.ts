@@ -12,6 +12,7 @@ import { mountedAt } from '../../src/fuse/session.js';
 import { CubeFSClient } from '../../src/sdk/client.js';
 import { errnoOf } from '../../src/util/errors.js';
 import { AS_NOBODY, childEnv, ok, posixEnv, run, sh, MiB, REPO } from '../support/mount.js';
+import { until } from '../support/wait.js';
 
 const env = await posixEnv(t, { tmpfsMiB: 256 });
 const { mnt, tmp, dir } = env;
@@ -44,15 +45,6 @@ function interactive(t: Test, cmd: string, args: string[]): { child: ChildProces
     line: () => (queue.length ? Promise.resolve(queue.shift()!) : new Promise((r) => waiters.push(r))),
     send: (s) => { child.stdin!.write(s + '\n'); },
   };
-}
-
-/** Polls cond every 100 ms for up to `ms` (a bound, not an assertion on time). */
-async function until(cond: () => Promise<boolean> | boolean, ms = 20_000): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end;) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return cond();
 }
 
 const evicted = async (ino: number): Promise<boolean> =>

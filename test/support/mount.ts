@@ -14,6 +14,7 @@ import path from 'node:path';
 import type { Test } from 'tap';
 import { EmbeddedCluster } from '../../src/cluster/launcher.js';
 import { mountedAt } from '../../src/fuse/session.js';
+import { until } from './wait.js';
 
 export const MiB = 1 << 20;
 const FIXTURE = new URL('../posix/fixtures/mount.js', import.meta.url).pathname;
@@ -78,14 +79,6 @@ export interface PosixEnv {
   mount(mnt: string): Promise<MountProc>;
   /** Starts a mount fixture that is expected to fail; resolves with its output and exit code. */
   mountFails(mnt: string): Promise<{ code: number | null; output: string }>;
-}
-
-async function until(cond: () => boolean, ms: number): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end;) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return cond();
 }
 
 function exited(c: ChildProcess): boolean {
