@@ -4,11 +4,12 @@
  * One embedded cluster on $RXE_IP (node processes; datanodes serve TCP and RDMA on the same port number),
  * two mounts of the same volume: one with rdma 'off', one with rdma 'on'. For 4 KiB, 128 KiB and 1 MiB,
  * buffered and direct, write then read: a short time_based fio run (psync, one job, a small file) on each
- * mount. Prints a table (MB/s, RDMA/TCP) and writes bench-results/rdma-vm-<ts>.json with every figure and
- * the mounts' counters. Soft-RoCE is RDMA in software: the point is the client and datanode work per
+ * mount, repeated --reps times with the order of TCP and RDMA alternating (each repetition on new files).
+ * Prints a table of medians (MB/s, RDMA/TCP) and writes bench-results/rdma-vm-<ts>.json with every figure
+ * and the mounts' counters. Soft-RoCE is RDMA in software: the point is the client and datanode work per
  * request (sends per request, copies, JS work), not the wire.
  *
- *   node dist/bench/rdma-vm.js [--runtime S] [--size MB] [--bs 4k,128k,1m]
+ *   node dist/bench/rdma-vm.js [--runtime S] [--size MB] [--bs 4k,128k,1m] [--reps N]
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -24,9 +25,12 @@ interface Row {
   bs: string;
   mode: 'buffered' | 'direct';
   rw: 'write' | 'read';
+  /** Medians over the repetitions. */
   tcpMBs: number | null;
   rdmaMBs: number | null;
   ratio: number | null;
+  tcpRuns: number[];
+  rdmaRuns: number[];
   errors?: string[];
 }
 
@@ -45,8 +49,8 @@ async function fio(dir: string, file: string, rw: 'write' | 'read', bs: string, 
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { runtime: { type: 'string', default: '6' }, size: { type: 'string', default: '32' }, bs: { type: 'string', default: '4k,128k,1m' } } });
-  const runtime = Number(values.runtime), sizeMB = Number(values.size);
+  const { values } = parseArgs({ options: { runtime: { type: 'string', default: '6' }, size: { type: 'string', default: '32' }, bs: { type: 'string', default: '4k,128k,1m' }, reps: { type: 'string', default: '3' } } });
+  const runtime = Number(values.runtime), sizeMB = Number(values.size), reps = Math.max(1, Number(values.reps));
   const sizes = values.bs!.split(',');
   if (rdmaDevices().length === 0) throw new Error('no RDMA device: run this inside the RDMA VM (npm run bench:rdma)');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cubefs-bench-rdma-'));
@@ -60,14 +64,18 @@ async function main(): Promise<void> {
     for (const bs of sizes) {
       for (const mode of ['buffered', 'direct'] as const) {
         for (const rw of ['write', 'read'] as const) {
-          const row: Row = { bs, mode, rw, tcpMBs: null, rdmaMBs: null, ratio: null };
-          for (const kind of ['tcp', 'rdma'] as const) {
-            const m = mounts[kind]!;
-            const r = await fio(m.mnt, `${kind}-${bs}-${mode}`, rw, bs, mode === 'direct', sizeMB, runtime);
-            if (r.err) (row.errors ??= []).push(`${kind}: ${r.err}`);
-            if (kind === 'tcp') row.tcpMBs = r.mbs;
-            else row.rdmaMBs = r.mbs;
+          const row: Row = { bs, mode, rw, tcpMBs: null, rdmaMBs: null, ratio: null, tcpRuns: [], rdmaRuns: [] };
+          for (let rep = 0; rep < reps; rep++) {
+            // alternate who goes first, so a slow phase of the VM does not always land on the same transport
+            for (const kind of rep % 2 === 0 ? (['tcp', 'rdma'] as const) : (['rdma', 'tcp'] as const)) {
+              const m = mounts[kind]!;
+              const r = await fio(m.mnt, `${kind}-${bs}-${mode}-${rep}`, rw, bs, mode === 'direct', sizeMB, runtime);
+              if (r.err) (row.errors ??= []).push(`${kind}: ${r.err}`);
+              if (r.mbs !== null) (kind === 'tcp' ? row.tcpRuns : row.rdmaRuns).push(r.mbs);
+            }
           }
+          row.tcpMBs = median(row.tcpRuns);
+          row.rdmaMBs = median(row.rdmaRuns);
           row.ratio = row.tcpMBs && row.rdmaMBs ? row.rdmaMBs / row.tcpMBs : null;
           rows.push(row);
           process.stdout.write(`${bs.padStart(5)} ${mode.padEnd(8)} ${rw.padEnd(5)}  TCP ${fmt(row.tcpMBs)} MB/s  RDMA ${fmt(row.rdmaMBs)} MB/s  ratio ${row.ratio?.toFixed(2) ?? '-'}\n`);
@@ -82,15 +90,25 @@ async function main(): Promise<void> {
     await cluster.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  const lines = ['| bs | mode | op | TCP MB/s | RDMA MB/s | RDMA/TCP |', '|---|---|---|---:|---:|---:|'];
-  for (const r of rows) lines.push(`| ${r.bs} | ${r.mode} | ${r.rw} | ${fmt(r.tcpMBs)} | ${fmt(r.rdmaMBs)} | ${r.ratio?.toFixed(2) ?? '-'} |`);
+  const lines = [`| bs | mode | op | TCP MB/s | RDMA MB/s | RDMA/TCP | RDMA/TCP per repetition (${reps}) |`, '|---|---|---|---:|---:|---:|---|'];
+  for (const r of rows) {
+    const per = r.tcpRuns.map((x, i) => (r.rdmaRuns[i] !== undefined && x > 0 ? (r.rdmaRuns[i]! / x).toFixed(2) : '-')).join(', ');
+    lines.push(`| ${r.bs} | ${r.mode} | ${r.rw} | ${fmt(r.tcpMBs)} | ${fmt(r.rdmaMBs)} | ${r.ratio?.toFixed(2) ?? '-'} | ${per} |`);
+  }
   console.log('\n' + lines.join('\n'));
   for (const k of ['tcp', 'rdma'] as const) console.log(`${k} mount counters: ${JSON.stringify(ends[k]?.stats ?? null)}; pool in use at the end: ${ends[k]?.pool?.inUseBytes ?? '-'}`);
   const out = path.join(process.cwd(), 'bench-results');
   fs.mkdirSync(out, { recursive: true });
   const file = path.join(out, `rdma-vm-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ when: new Date().toISOString(), host: IP, device: rdmaDevices()[0]?.name, runtime, sizeMB, rows, counters: ends }, null, 2));
+  fs.writeFileSync(file, JSON.stringify({ when: new Date().toISOString(), host: IP, device: rdmaDevices()[0]?.name, runtime, sizeMB, reps, rows, counters: ends }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
+}
+
+function median(xs: number[]): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 function fmt(n: number | null): string {

@@ -4,8 +4,8 @@
  *
  * fuse.json uses upstream's client keys (proto/mount_options.go): masterAddr, mountPoint, volName, owner,
  * logDir, logLevel, attrValid and lookupValid (seconds; a negative value means the default), rdonly,
- * fsyncOnClose, writecache (FUSE writeback cache), enableXattr, subdir. Upstream keys this client does not implement are warned about and
- * ignored, as are keys nobody knows; `subdir` is refused (mounting a sub-directory is not supported yet).
+ * fsyncOnClose, writecache (FUSE writeback cache), enableXattr, subdir; and ours: writeBehind (default true),
+ * rdma, rdmaPort, rdmaPoolMB. Upstream keys this client does not implement are warned about and ignored, as are keys nobody knows; `subdir` is refused (mounting a sub-directory is not supported yet).
  *
  * `-o` mixes three kinds: our keys (the same as fuse.json, plus short forms master=, vol=, ro), FUSE/VFS
  * options handed to the kernel mount (noatime, nosuid, ...), and mount(8)'s own options, which it passes to
@@ -35,6 +35,8 @@ export interface MountSettings {
   fsyncOnClose?: boolean;
   /** FUSE writeback cache (upstream's writecache); undefined: mountVolume's default (off). */
   writecache?: boolean;
+  /** Write-behind of small buffered writes (ours); undefined: the default (on). */
+  writeBehind?: boolean;
   /** Options for the kernel mount (noatime, nosuid, ...). */
   fuseOptions: string[];
   logDir: string;
@@ -192,6 +194,7 @@ export function readConfigFile(file: string, warn: (msg: string) => void): Parti
       case 'rdonly': out.readOnly = bool(v, where); break;
       case 'fsyncOnClose': out.fsyncOnClose = bool(v, where); break;
       case 'writecache': out.writecache = bool(v, where); break;
+      case 'writeBehind': out.writeBehind = bool(v, where); break;
       case 'enableXattr':
         if (!bool(v, where)) warn(`${where}: extended attributes are always enabled in this client`);
         break;
@@ -231,6 +234,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       case 'ro': case 'rdonly': out.readOnly = val === undefined ? true : bool(val, where); continue;
       case 'fsyncOnClose': out.fsyncOnClose = val === undefined ? true : bool(val, where); continue;
       case 'writecache': out.writecache = val === undefined ? true : bool(val, where); continue;
+      case 'writeBehind': case 'writebehind': out.writeBehind = val === undefined ? true : bool(val, where); continue;
       case 'enableXattr': if (val !== undefined && !bool(val, where)) warn(`${where}: extended attributes are always enabled in this client`); continue;
       case 'subdir': refuseSubdir(val, where); continue;
       case 'rdma': out.rdma = rdmaMode(need(), where); continue;
@@ -247,7 +251,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       if (!FUSE_IMPLIED.has(key) && !out.fuseOptions!.includes(item)) out.fuseOptions!.push(item);
       continue;
     }
-    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, rdma=, rdmaPort=, rdmaPoolMB=; `
+    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, writeBehind=, rdma=, rdmaPort=, rdmaPoolMB=; `
       + 'FUSE: noatime, nosuid, nodev, noexec, ...)';
     if (sloppy) warn(`${msg}, ignored`);
     else throw new CliError(msg, 2);
@@ -296,6 +300,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (m.lookupValid !== undefined) s.lookupValid = m.lookupValid;
   if (m.fsyncOnClose !== undefined) s.fsyncOnClose = m.fsyncOnClose;
   if (m.writecache !== undefined) s.writecache = m.writecache;
+  if (m.writeBehind !== undefined) s.writeBehind = m.writeBehind;
   if (m.logLevel !== undefined) s.logLevel = m.logLevel;
   if (m.logFile !== undefined) s.logFile = m.logFile;
   if (m.rdma !== undefined) s.rdma = m.rdma;
@@ -312,6 +317,7 @@ export function settingsToArgv(s: MountSettings): string[] {
   if (s.readOnly) o.push('ro');
   if (s.fsyncOnClose !== undefined) o.push(`fsyncOnClose=${s.fsyncOnClose}`);
   if (s.writecache !== undefined) o.push(`writecache=${s.writecache}`);
+  if (s.writeBehind !== undefined) o.push(`writeBehind=${s.writeBehind}`);
   if (s.rdma !== undefined) o.push(`rdma=${s.rdma}`);
   if (s.rdmaPort !== undefined) o.push(`rdmaPort=${s.rdmaPort}`);
   if (s.rdmaPoolMB !== undefined) o.push(`rdmaPoolMB=${s.rdmaPoolMB}`);

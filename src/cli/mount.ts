@@ -94,6 +94,7 @@ export async function runForeground(s: MountSettings): Promise<number> {
       ...(s.lookupValid !== undefined ? { lookupValid: s.lookupValid } : {}),
       ...(s.fsyncOnClose !== undefined ? { fsyncOnClose: s.fsyncOnClose } : {}),
       ...(s.writecache !== undefined ? { writebackCache: s.writecache } : {}),
+      ...(s.writeBehind !== undefined ? { writeBehind: s.writeBehind } : {}),
       rdma: s.rdma ?? 'auto',
       ...(s.rdmaPort !== undefined ? { rdmaPort: s.rdmaPort } : {}),
       ...(s.rdmaPoolMB !== undefined ? { rdmaPoolMB: s.rdmaPoolMB } : {}),

@@ -43,6 +43,7 @@ export class DataClient implements StreamHost {
       retryBudgetMs: opts.retryBudgetMs ?? 60_000,
       tinyExtents: opts.tinyExtents ?? true,
       tcpCounters: { writes: 0, reads: 0 },
+      staging: { writes: 0, bytes: 0, submits: 0 },
       parts: new PartitionSelector(opts.source),
       rdma: opts.rdma instanceof RdmaPath ? opts.rdma : opts.rdma ? RdmaPath.create(opts.rdma) : null,
     };
@@ -52,7 +53,8 @@ export class DataClient implements StreamHost {
   stats(): DataTransportStats {
     const r = this.core.rdma;
     const c = r?.counters ?? { payloadCopies: 0, rdmaWrites: 0, rdmaReads: 0, tcpWrites: 0, tcpReads: 0, rdmaErrors: 0, tcpFallbacks: 0 };
-    return { transport: r ? 'rdma' : 'tcp', ...c, ...this.tcpCounters(), poolInUse: r && !r.pool.closed ? r.pool.stats().inUseBytes : 0 };
+    const st = this.core.staging;
+    return { transport: r ? 'rdma' : 'tcp', ...c, ...this.tcpCounters(), stagedWrites: st.writes, stagedBytes: st.bytes, stageSubmits: st.submits, poolInUse: r && !r.pool.closed ? r.pool.stats().inUseBytes : 0 };
   }
 
   private tcpCounters(): { tcpWrites: number; tcpReads: number } {

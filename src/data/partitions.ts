@@ -32,6 +32,8 @@ export interface DataCore {
   readonly rdma: RdmaPath | null;
   /** Data requests over TCP, counted when there is no RDMA path (which counts its own). */
   readonly tcpCounters: { writes: number; reads: number };
+  /** Write-behind (FileStream staging): small writes gathered, and the gathered runs sent. */
+  readonly staging: { writes: number; bytes: number; submits: number };
 }
 
 /** Count one TCP data request. */

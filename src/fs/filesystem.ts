@@ -43,6 +43,8 @@ const O_RDWR = 2;
 const O_APPEND = 0o2000;
 const O_TRUNC = 0o1000;
 const O_SYNC = 0o4010000;
+const O_DSYNC = 0o10000;
+const O_DIRECT = 0o40000;
 /** Longest name (bytes), as statfs reports: the kernel lets FUSE names up to 1024 bytes through. */
 const NAME_MAX = 255;
 
@@ -65,6 +67,11 @@ export interface FsOptions {
    * arrive at their final offsets; this layer never appends on its own).
    */
   writebackCache?: boolean;
+  /**
+   * Write-behind (default true): a buffered write under 128 KiB is gathered with the writes that follow it
+   * and answered once copied; close, fsync and flush still wait for every replica (see FileStream).
+   */
+  writeBehind?: boolean;
 }
 
 interface FileHandle {
@@ -96,6 +103,7 @@ export class CubeFileSystem implements FuseOps {
   private readonly readOnly: boolean;
   private readonly fsyncOnClose: boolean;
   private readonly writebackCache: boolean;
+  private readonly writeBehind: boolean;
   /** Kernel lookup counts. */
   private readonly lookups = new Map<number, number>();
   /** Inodes whose last link went away while the kernel still knew them: evicted at the last forget. */
@@ -116,6 +124,7 @@ export class CubeFileSystem implements FuseOps {
     this.readOnly = opts.readOnly ?? false;
     this.fsyncOnClose = opts.fsyncOnClose ?? false;
     this.writebackCache = opts.writebackCache ?? false;
+    this.writeBehind = opts.writeBehind ?? true;
   }
 
   get meta(): CubeFSClient['meta'] {
@@ -431,9 +440,11 @@ export class CubeFileSystem implements FuseOps {
     const h = this.files.get(a.fh);
     if (!h) return req.err(E.EBADF);
     try {
-      // a.data is a view of the FUSE receive buffer: it stays valid until this request is answered, and the
-      // stream resolves only once every replica has it, so the payload is never copied here.
-      await h.stream.write(a.offset, a.data, { sync: (h.flags & O_SYNC) === O_SYNC });
+      // a.data is a view of the FUSE receive buffer, valid until this request is answered. A large write (or a
+      // sync or O_DIRECT one) resolves only once every replica has it, with no copy; a small buffered one may be
+      // staged (copied) for write-behind.
+      const sync = (h.flags & O_SYNC) === O_SYNC;
+      await h.stream.write(a.offset, a.data, { sync, stage: this.writeBehind && (h.flags & (O_DSYNC | O_DIRECT)) === 0 });
       this.forgetCached(a.ino);
       req.write(a.data.length);
     } catch (e) {

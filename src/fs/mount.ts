@@ -52,6 +52,12 @@ export interface MountConfig extends FsOptions {
    * leaves the kernel's cache. Fine for a volume only this mount writes.
    */
   writebackCache?: boolean;
+  /**
+   * Write-behind (default true): buffered writes under 128 KiB are gathered in the client and sent as runs
+   * of up to 1 MiB; close, fsync and flush wait for the replicas as always (FileStream). Unlike the
+   * writeback cache it keeps other clients' view of size and mtime exact.
+   */
+  writeBehind?: boolean;
   /** Transport notes ("no RDMA device: using TCP", per-datanode fallbacks); default the debug log. */
   onWarning?: (msg: string) => void;
 }

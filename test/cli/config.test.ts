@@ -24,6 +24,8 @@ t.test('-o: our keys, FUSE options passed through, mount(8) options dropped', as
   t.equal(o.writecache, undefined, 'writecache unset: the mount\'s default (off)');
   t.equal(parseOptions(['writecache=false'], quiet).writecache, false, 'writecache=false turns the writeback cache off');
   t.equal(parseOptions(['writecache'], quiet).writecache, true, 'bare writecache is true');
+  t.equal(o.writeBehind, undefined, 'writeBehind unset: the default (on)');
+  t.equal(parseOptions(['writeBehind=false'], quiet).writeBehind, false, 'writeBehind=false turns write-behind off');
   t.throws(() => parseOptions(['frobnicate'], quiet), CliError, 'an unknown option is refused');
   const warned: string[] = [];
   parseOptions(['frobnicate'], (m) => warned.push(m), true);
@@ -62,12 +64,13 @@ t.test('precedence: the file, then -o, then flags; the child argv round-trips', 
   const dir = tempDir(t);
   const f = path.join(dir, 'fuse.json');
   fs.writeFileSync(f, JSON.stringify({ masterAddr: 'file:1', mountPoint: '/mnt/file', volName: 'filevol', owner: 'fileowner', attrValid: 9 }));
-  const s = resolveSettings({ config: f, options: ['vol=optvol,attrValid=4,noatime'], owner: 'flagowner', mountpoint: '/mnt/flag' }, quiet);
+  const s = resolveSettings({ config: f, options: ['vol=optvol,attrValid=4,noatime,writeBehind=false'], owner: 'flagowner', mountpoint: '/mnt/flag' }, quiet);
   t.equal(s.mountpoint, '/mnt/flag', 'the positional mountpoint wins');
   t.equal(s.vol, 'optvol', '-o beats the file');
   t.equal(s.owner, 'flagowner', 'a flag beats the file');
   t.same(s.masters, ['file:1'], 'the file fills in the rest');
   t.equal(s.attrValid, 4);
+  t.equal(s.writeBehind, false, 'writeBehind=false');
   t.equal(s.logDir, '/var/log/cubefs-mount', 'default log dir');
 
   const argv = settingsToArgv(s);
