@@ -42,6 +42,8 @@ const log = logger('datanode');
 
 /** Largest read one request may ask for; the reply is cut into <= 128 KiB packets. */
 const MAX_READ_REQUEST = 16 * 1024 * 1024;
+/** An RDMA read is loaded and RDMA-Written in chunks of this size, so disk and wire overlap. */
+const RDMA_READ_CHUNK = 256 * 1024;
 const NO_TINY_TEXT = 'GetAvailableTinyExtent error no available extent';
 
 export interface DataNodeOptions {
@@ -463,19 +465,27 @@ export class DataNode {
         this.counters.rdmaReads++;
         const want = req.size;
         const buf = await poolBuffer(r.pool, want, timeoutMs);
+        const writes: Promise<void>[] = [];
         try {
-          await part.readInto(req.extentId, req.extentOffset, want, buf);
-          const crc = crc32(buf);
-          // The response goes right behind the Write on the same QP (native/rdma never lets a block overtake
-          // an earlier op; RC ordering lands the Write first): no wait for the Write's completion in between.
-          // The buffer is ours until that completion.
-          const written = b.conn.write(buf, b.desc, { len: want, timeoutMs });
+          // In chunks, so loading the next chunk from disk overlaps the RDMA Write of the one before (TCP's
+          // StreamRead overlaps the same way, packet by packet); the CRC covers the whole range.
+          let crc = 0;
+          for (let o = 0; o < want; o += RDMA_READ_CHUNK) {
+            const n = Math.min(RDMA_READ_CHUNK, want - o);
+            const chunk = buf.subarray(o, o + n);
+            await part.readInto(req.extentId, req.extentOffset + o, n, chunk);
+            crc = crc32(chunk, crc);
+            writes.push(b.conn.write(chunk, { addr: b.desc.addr + BigInt(o), len: n, rkey: b.desc.rkey }, { len: n, timeoutMs }));
+          }
+          // The response goes right behind the Writes on the same QP (native/rdma never lets a block overtake
+          // an earlier op; RC ordering lands the Writes first): no wait for their completions in between.
+          // The buffer is ours until those completions.
           b.conn.respond(b, newReply(req, Result.Ok, undefined, {
             extentType: ExtentType.Normal, extentOffset: req.extentOffset, kernelOffset: 0, size: want, crc, remainingFollowers: 0,
           }));
-          await written.catch((e: Error) => log('%s: RDMA write of a read to %s failed: %s', this.address, b.conn.peer, e.message));
           return null;
         } finally {
+          await Promise.all(writes.map((w) => w.catch((e: Error) => log('%s: RDMA write of a read to %s failed: %s', this.address, b.conn.peer, e.message))));
           r.pool.free(buf);
         }
       }

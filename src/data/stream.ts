@@ -238,7 +238,9 @@ export class FileStream implements WriterOwner {
       return;
     }
     this.core.staging.submits++;
-    const run = this.dispatch(st.fileOffset, st.buf.subarray(0, st.len), false, st.first).then(
+    // A full stage is the head of a larger file: tiny extents only for a first run that ended on its own.
+    const first = st.first && st.len < st.buf.length;
+    const run = this.dispatch(st.fileOffset, st.buf.subarray(0, st.len), false, first).then(
       () => undefined,
       (e: Error) => {
         this.writeError ??= e;

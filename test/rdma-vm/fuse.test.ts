@@ -1,7 +1,7 @@
 /**
  * A FUSE mount with rdma 'on' in the VM (the mount in a child process, the cluster in this one on $RXE_IP):
- * fio with --verify=crc32c passes at bs 128k and 1m; FUSE write payloads (views inside the pool's receive
- * buffers) went by descriptor with no copy (payloadCopies 0); the pool is back to 0 in use after unmount.
+ * fio with --verify=crc32c passes at bs 4k (write-behind: gathered in pool staging buffers), 128k and 1m; FUSE
+ * write payloads (views inside the pool's receive buffers) went by descriptor with no copy (payloadCopies 0); the pool is back to 0 in use after unmount.
  */
 import path from 'node:path';
 import t from 'tap';
@@ -18,8 +18,8 @@ t.test('fio --verify=crc32c over an RDMA mount: no payload copies, pool back to 
   const m = await mountRdma(path.join(dir, 'mnt'), c.masterAddr, c.vol, c.owner, 'on');
   let stopped = false;
   t.teardown(() => (stopped ? undefined : m.stop().catch(() => undefined)));
-  for (const bs of ['128k', '1m']) {
-    const r = await runAsync('fio', ['--name=v', `--directory=${m.mnt}`, `--filename=f-${bs}`, '--rw=write', `--bs=${bs}`, '--size=8m',
+  for (const [bs, size] of [['4k', '2m'], ['128k', '8m'], ['1m', '8m']] as const) {
+    const r = await runAsync('fio', ['--name=v', `--directory=${m.mnt}`, `--filename=f-${bs}`, '--rw=write', `--bs=${bs}`, `--size=${size}`,
       '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--do_verify=1', '--ioengine=psync', '--end_fsync=1']);
     t.equal(r.status, 0, `fio write+verify bs ${bs}`, r.status === 0 ? {} : { out: r.out.slice(-3000) });
     t.notMatch(r.out, /verify.*(bad|fail)/i, `bs ${bs}: no verify failure`);
@@ -33,6 +33,9 @@ t.test('fio --verify=crc32c over an RDMA mount: no payload copies, pool back to 
   t.ok(s.rdmaWrites >= 64 + 8, `the 16 MiB went by RDMA writes (${s.rdmaWrites})`);
   t.ok(s.rdmaReads > 0, `verify read back by RDMA (${s.rdmaReads})`);
   t.equal(s.payloadCopies, 0, 'FUSE write payloads went by descriptor: no copy into the pool');
+  // 2 MiB at 4 KiB: 512 writes gathered (write-behind) in staging buffers taken from the pool
+  t.ok(s.stagedWrites >= 512, `the 4 KiB writes were staged (${s.stagedWrites}) ...`);
+  t.ok(s.stageSubmits >= 2 && s.stageSubmits <= 64, `... and went out as a few runs (${s.stageSubmits})`);
   t.equal(s.tcpFallbacks, 0, 'no TCP fallback');
   t.same(end.warnings, [], 'no transport warnings');
   t.ok(end.pool, 'the mount had a registered pool');
