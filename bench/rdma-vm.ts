@@ -54,41 +54,48 @@ async function main(): Promise<void> {
   const sizes = values.bs!.split(',');
   if (rdmaDevices().length === 0) throw new Error('no RDMA device: run this inside the RDMA VM (npm run bench:rdma)');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cubefs-bench-rdma-'));
-  const cluster = await EmbeddedCluster.start({ dir: path.join(dir, 'cluster'), host: IP, masterPort: 0, processes: true, heartbeatMs: 1000 });
-  const mounts: Record<'tcp' | 'rdma', RdmaMount | null> = { tcp: null, rdma: null };
-  const ends: Partial<Record<'tcp' | 'rdma', MountEnd>> = {};
   const rows: Row[] = [];
+  const counters: { bs: string; mode: string; tcp: MountEnd | null; rdma: MountEnd | null }[] = [];
   try {
-    mounts.tcp = await mountRdma(path.join(dir, 'tcp'), cluster.masterAddr, cluster.vol, cluster.owner, 'off');
-    mounts.rdma = await mountRdma(path.join(dir, 'rdma'), cluster.masterAddr, cluster.vol, cluster.owner, 'on', 256);
     for (const bs of sizes) {
       for (const mode of ['buffered', 'direct'] as const) {
-        for (const rw of ['write', 'read'] as const) {
-          const row: Row = { bs, mode, rw, tcpMBs: null, rdmaMBs: null, ratio: null, tcpRuns: [], rdmaRuns: [] };
-          for (let rep = 0; rep < reps; rep++) {
-            // alternate who goes first, so a slow phase of the VM does not always land on the same transport
-            for (const kind of rep % 2 === 0 ? (['tcp', 'rdma'] as const) : (['rdma', 'tcp'] as const)) {
-              const m = mounts[kind]!;
-              const r = await fio(m.mnt, `${kind}-${bs}-${mode}-${rep}`, rw, bs, mode === 'direct', sizeMB, runtime);
-              if (r.err) (row.errors ??= []).push(`${kind}: ${r.err}`);
-              if (r.mbs !== null) (kind === 'tcp' ? row.tcpRuns : row.rdmaRuns).push(r.mbs);
-            }
-          }
-          row.tcpMBs = median(row.tcpRuns);
-          row.rdmaMBs = median(row.rdmaRuns);
-          row.ratio = row.tcpMBs && row.rdmaMBs ? row.rdmaMBs / row.tcpMBs : null;
-          rows.push(row);
-          process.stdout.write(`${bs.padStart(5)} ${mode.padEnd(8)} ${rw.padEnd(5)}  TCP ${fmt(row.tcpMBs)} MB/s  RDMA ${fmt(row.rdmaMBs)} MB/s  ratio ${row.ratio?.toFixed(2) ?? '-'}\n`);
+        // A fresh cluster per bs and mode: the runs write new files each time and the VM's /tmp is RAM.
+        const cdir = path.join(dir, `${bs}-${mode}`);
+        const cluster = await EmbeddedCluster.start({ dir: path.join(cdir, 'cluster'), host: IP, masterPort: 0, processes: true, heartbeatMs: 1000 });
+        const mounts: Record<'tcp' | 'rdma', RdmaMount | null> = { tcp: null, rdma: null };
+        const ends: { tcp: MountEnd | null; rdma: MountEnd | null } = { tcp: null, rdma: null };
+        try {
+          mounts.tcp = await mountRdma(path.join(cdir, 'tcp'), cluster.masterAddr, cluster.vol, cluster.owner, 'off');
+          mounts.rdma = await mountRdma(path.join(cdir, 'rdma'), cluster.masterAddr, cluster.vol, cluster.owner, 'on', 256);
+          for (const rw of ['write', 'read'] as const) rows.push(await cell(mounts, bs, mode, rw));
+        } finally {
+          for (const k of ['tcp', 'rdma'] as const) ends[k] = (await mounts[k]?.stop().catch(() => null)) ?? null;
+          await cluster.stop();
+          fs.rmSync(cdir, { recursive: true, force: true });
         }
+        counters.push({ bs, mode, ...ends });
       }
     }
   } finally {
-    for (const k of ['tcp', 'rdma'] as const) {
-      const m = mounts[k];
-      if (m) ends[k] = await m.stop().catch(() => undefined as unknown as MountEnd);
-    }
-    await cluster.stop();
     fs.rmSync(dir, { recursive: true, force: true });
+  }
+
+  /** One row: `reps` fio runs per transport, alternating which goes first; medians. */
+  async function cell(mounts: Record<'tcp' | 'rdma', RdmaMount | null>, bs: string, mode: 'buffered' | 'direct', rw: 'write' | 'read'): Promise<Row> {
+    const row: Row = { bs, mode, rw, tcpMBs: null, rdmaMBs: null, ratio: null, tcpRuns: [], rdmaRuns: [] };
+    for (let rep = 0; rep < reps; rep++) {
+      // alternate who goes first, so a slow phase of the VM does not always land on the same transport
+      for (const kind of rep % 2 === 0 ? (['tcp', 'rdma'] as const) : (['rdma', 'tcp'] as const)) {
+        const r = await fio(mounts[kind]!.mnt, `${kind}-${rep}`, rw, bs, mode === 'direct', sizeMB, runtime);
+        if (r.err) (row.errors ??= []).push(`${kind}: ${r.err}`);
+        if (r.mbs !== null) (kind === 'tcp' ? row.tcpRuns : row.rdmaRuns).push(r.mbs);
+      }
+    }
+    row.tcpMBs = median(row.tcpRuns);
+    row.rdmaMBs = median(row.rdmaRuns);
+    row.ratio = row.tcpMBs && row.rdmaMBs ? row.rdmaMBs / row.tcpMBs : null;
+    process.stdout.write(`${bs.padStart(5)} ${mode.padEnd(8)} ${rw.padEnd(5)}  TCP ${fmt(row.tcpMBs)} MB/s  RDMA ${fmt(row.rdmaMBs)} MB/s  ratio ${row.ratio?.toFixed(2) ?? '-'}${row.errors ? `  errors: ${row.errors.join(' | ').slice(0, 300)}` : ''}\n`);
+    return row;
   }
   const lines = [`| bs | mode | op | TCP MB/s | RDMA MB/s | RDMA/TCP | RDMA/TCP per repetition (${reps}) |`, '|---|---|---|---:|---:|---:|---|'];
   for (const r of rows) {
@@ -96,11 +103,13 @@ async function main(): Promise<void> {
     lines.push(`| ${r.bs} | ${r.mode} | ${r.rw} | ${fmt(r.tcpMBs)} | ${fmt(r.rdmaMBs)} | ${r.ratio?.toFixed(2) ?? '-'} | ${per} |`);
   }
   console.log('\n' + lines.join('\n'));
-  for (const k of ['tcp', 'rdma'] as const) console.log(`${k} mount counters: ${JSON.stringify(ends[k]?.stats ?? null)}; pool in use at the end: ${ends[k]?.pool?.inUseBytes ?? '-'}`);
+  for (const c of counters) {
+    for (const k of ['tcp', 'rdma'] as const) console.log(`${c.bs} ${c.mode} ${k} mount counters: ${JSON.stringify(c[k]?.stats ?? null)}; pool in use at the end: ${c[k]?.pool?.inUseBytes ?? '-'}`);
+  }
   const out = path.join(process.cwd(), 'bench-results');
   fs.mkdirSync(out, { recursive: true });
   const file = path.join(out, `rdma-vm-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-  fs.writeFileSync(file, JSON.stringify({ when: new Date().toISOString(), host: IP, device: rdmaDevices()[0]?.name, runtime, sizeMB, reps, rows, counters: ends }, null, 2));
+  fs.writeFileSync(file, JSON.stringify({ when: new Date().toISOString(), host: IP, device: rdmaDevices()[0]?.name, runtime, sizeMB, reps, rows, counters }, null, 2));
   console.log(`\nwrote ${path.relative(process.cwd(), file)}`);
 }
 

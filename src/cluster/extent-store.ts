@@ -56,10 +56,14 @@ class OpenFiles {
     f.users++;
     this.trim();
     try {
-      return await fn(await f.fh);
-    } catch (e) {
-      if (this.files.get(file) === f && f.users === 1) this.files.delete(file); // a failed open is not cached
-      throw e;
+      let fh: fsp.FileHandle;
+      try {
+        fh = await f.fh;
+      } catch (e) {
+        if (this.files.get(file) === f) this.files.delete(file); // a failed open is not cached
+        throw e;
+      }
+      return await fn(fh); // a failure in fn leaves the open handle cached (dropping it here leaked the fd)
     } finally {
       f.users--;
     }

@@ -70,7 +70,7 @@ export interface DataTransportStats {
   /** Datanodes moved to TCP (not answering RDMA, or repeated failures). */
   tcpFallbacks: number;
   /**
-   * Write-behind: small writes (< 128 KiB) copied into a staging buffer (a pool buffer with RDMA) and the
+   * Write-behind: small writes (<= 128 KiB) copied into a staging buffer (a pool buffer with RDMA) and the
    * gathered runs sent (FileStream). Counted apart from payloadCopies, which counts payloads that had to be
    * copied into the pool only to be sent.
    */

@@ -14,14 +14,14 @@
  * new one; a file's first write that ends within 1 MiB goes to tiny extents.
  *
  * Write-behind (upstream's ExtentHandler gathers writes into packets the same way): a write that asks for
- * it (`stage`), is not sync and is under STAGE_MAX_WRITE is copied into the stream's staging buffer and
+ * it (`stage`), is not sync and is at most STAGE_MAX_WRITE (one TCP packet's payload) is copied into the stream's staging buffer and
  * answered at once; contiguous writes fill it; the gathered run is dispatched as one write when it is full,
  * when a write or read touches it out of order, after STAGE_IDLE_MS, and at flush. So a 4 KiB `dd` sends
  * 1 MiB requests (over RDMA one request, one RDMA Read per replica) instead of one round trip per 4 KiB.
  * The buffer comes from the RDMA pool when there is one, so it is sent by descriptor without another copy.
  * Nothing is weaker than before: data becomes visible to other clients only at flush (when its extent key
  * is recorded), staged or not, and a failure of a staged run is reported by the next write and by flush
- * (fsync, close), as upstream reports it. Writes of STAGE_MAX_WRITE and more are never copied.
+ * (fsync, close), as upstream reports it. Larger writes are never copied.
  */
 import type { ExtentKey } from '../proto/index.js';
 import { MAX_PACKET_DATA } from '../proto/index.js';
@@ -130,7 +130,7 @@ export class FileStream implements WriterOwner {
     if (data.length === 0) return;
     if (offset < 0 || !Number.isSafeInteger(offset)) throw new RangeError(`bad write offset ${offset}`);
     const end = offset + data.length;
-    const stageable = opts.stage === true && opts.sync !== true && data.length < STAGE_MAX_WRITE;
+    const stageable = opts.stage === true && opts.sync !== true && data.length <= STAGE_MAX_WRITE;
     if (stageable) {
       if (this.writeError) throw this.writeError;
       if (this.appendToStage(offset, data)) return;

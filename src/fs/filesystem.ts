@@ -68,7 +68,7 @@ export interface FsOptions {
    */
   writebackCache?: boolean;
   /**
-   * Write-behind (default true): a buffered write under 128 KiB is gathered with the writes that follow it
+   * Write-behind (default true): a buffered write of up to 128 KiB is gathered with the writes that follow it
    * and answered once copied; close, fsync and flush still wait for every replica (see FileStream).
    */
   writeBehind?: boolean;

@@ -53,7 +53,7 @@ export interface MountConfig extends FsOptions {
    */
   writebackCache?: boolean;
   /**
-   * Write-behind (default true): buffered writes under 128 KiB are gathered in the client and sent as runs
+   * Write-behind (default true): buffered writes of up to 128 KiB are gathered in the client and sent as runs
    * of up to 1 MiB; close, fsync and flush wait for the replicas as always (FileStream). Unlike the
    * writeback cache it keeps other clients' view of size and mtime exact.
    */

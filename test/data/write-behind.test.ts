@@ -65,15 +65,15 @@ t.test('staged runs and overlapping unstaged writes: the newest bytes win', asyn
   t.ok(dc.stats().stagedWrites >= 20, 'the small writes were staged');
 });
 
-t.test('not staged: sync writes, writes of 128 KiB and more, writes that do not ask', async (t) => {
+t.test('not staged: sync writes, writes over 128 KiB, writes that do not ask', async (t) => {
   const c = await startCluster(t, { partitions: 1 });
   const meta = new FakeMeta();
   const dc = new DataClient({ source: c.source, meta, timeoutMs: 10_000 });
   t.teardown(() => dc.close());
   const s = dc.open(3);
-  await s.write(0, pattern(128 * KiB, 1), { stage: true });
-  await s.write(128 * KiB, pattern(4 * KiB, 2), { stage: true, sync: true });
-  await s.write(132 * KiB, pattern(4 * KiB, 3));
+  await s.write(0, pattern(128 * KiB + 1, 1), { stage: true });
+  await s.write(128 * KiB + 1, pattern(4 * KiB, 2), { stage: true, sync: true });
+  await s.write(132 * KiB + 1, pattern(4 * KiB, 3));
   t.equal(dc.stats().stagedWrites, 0, 'none staged');
   await s.release();
 });
