@@ -101,6 +101,11 @@ export class FileStream implements WriterOwner {
     return this.fileSize;
   }
 
+  /** Nothing written yet, by anyone, and nothing on the way: the next data is the file's first. */
+  private get untouched(): boolean {
+    return this.keys.length === 0 && this.fileSize === 0 && this.handler === null && this.inflight.size === 0 && this.dirty.size === 0;
+  }
+
   /** Fetch keys and size from the metanode (once; again after truncated()). */
   load(): Promise<void> {
     if (this.loaded) return Promise.resolve();
@@ -163,7 +168,7 @@ export class FileStream implements WriterOwner {
     const end = offset + data.length;
     const core = this.core;
     const deadline = Date.now() + core.retryBudgetMs;
-    first ||= this.keys.length === 0 && this.fileSize === 0 && this.handler === null && this.inflight.size === 0 && this.dirty.size === 0;
+    first ||= this.untouched;
     const useTiny = core.tinyExtents && first && end <= TINY_SIZE_LIMIT;
     const jobs: Promise<void>[] = [];
     for (const seg of mapRange(this.keys, offset, data.length)) {
@@ -211,7 +216,7 @@ export class FileStream implements WriterOwner {
     } else {
       buf = Buffer.allocUnsafe(STAGE_BYTES);
     }
-    const first = this.keys.length === 0 && this.fileSize === 0 && this.handler === null && this.inflight.size === 0 && this.dirty.size === 0;
+    const first = this.untouched;
     const timer = setTimeout(() => this.submitStage(), STAGE_IDLE_MS);
     timer.unref();
     this.stage = { fileOffset: offset, buf, len: 0, first, pooled: pool !== undefined, timer };
