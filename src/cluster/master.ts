@@ -7,7 +7,7 @@
  * metanode, CreateDataPartition 0x60 to every host of a data partition; both idempotent on the nodes),
  * then the state is written (tmp + fsync + rename), then the caller gets its answer. Runtime facts
  * (node liveness, inode counts, used sizes) come from heartbeats (0x41, 0x63) every heartbeatMs and are
- * not persisted: a data partition with a host that missed its last heartbeat reports Status 1
+ * not persisted (a metanode's heartbeat carries the data partitions, for deleting released extents): a data partition with a host that missed its last heartbeat reports Status 1
  * (read-only), a meta partition whose metanode missed it reports -1 (unavailable), until they answer.
  *
  * Replies copy upstream's shapes key by key (golden/cubefs-real/*.json) and its error convention:
@@ -367,10 +367,15 @@ export class Master {
 
   private async heartbeatRound(): Promise<void> {
     const timeoutMs = Math.max(1000, this.opts.heartbeatMs);
+    // Metanodes get the data partitions with their heartbeat: they delete released extents there.
+    const dataViews = Buffer.from(JSON.stringify({
+      DataPartitions: Object.fromEntries((this.state?.vols ?? []).map((v) => [v.name, v.dps.map((dp) => this.dpView(dp))])),
+    }));
     const one = async (addr: string, op: Op): Promise<unknown> => {
       const pool = this.pool;
       if (!pool) throw new Error('stopped');
-      const reply = await pool.request(addr, newPacket({ opcode: op, reqId: nextReqId() }), { timeoutMs });
+      const data = op === Op.MetaNodeHeartbeat ? dataViews : undefined;
+      const reply = await pool.request(addr, newPacket({ opcode: op, reqId: nextReqId(), ...(data ? { data } : {}) }), { timeoutMs });
       if (reply.resultCode !== Result.Ok) throw new Error(`heartbeat answered ${resultName(reply.resultCode)}`);
       return reply.data.length > 0 ? JSON.parse(reply.data.toString('utf8')) : {};
     };

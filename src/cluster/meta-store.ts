@@ -12,6 +12,10 @@
  * start and stop when the log is not empty, and at run time when the log passes `compactBytes`.
  * Replay and live mutation share applyEffect(), so what is replayed is what was served.
  *
+ * Garbage: extents no inode refers to any more (evicted inodes, truncated or overwritten ranges) are kept
+ * per partition ('G' records) until the metanode has had the datanodes delete them ('g' records), so a
+ * restart in between still deletes them.
+ *
  * Ownership: MetaStore owns the log file descriptor; close() is idempotent.
  */
 import fs from 'node:fs';
@@ -114,6 +118,8 @@ export class MetaPartition {
   /** Unique ids already applied by UnlinkInode (retries are answered without a second decrement). */
   readonly seenUniq = new Set<number>();
   dentryCount = 0;
+  /** Extents waiting to be deleted on the datanodes (see garbageKey), in the order they were released. */
+  readonly garbage = new Map<string, ExtentKey>();
 
   constructor(readonly id: number, readonly vol: string, readonly start: number, readonly end: number, readonly members: string[]) {
     this.cursor = start;
@@ -141,7 +147,14 @@ export type Effect =
   | { k: 'D'; p: number; pino: number; name: string; ino: number; type: number }
   | { k: 'd'; p: number; pino: number; name: string }
   | { k: 'C'; p: number; cursor: number; uniq: number }
-  | { k: 'U'; p: number; id: number };
+  | { k: 'U'; p: number; id: number }
+  | { k: 'G'; p: number; eks: ExtentKey[] }
+  | { k: 'g'; p: number; eks: ExtentKey[] };
+
+/** A released extent's identity: a whole normal extent, or one range of a tiny extent. */
+export function garbageKey(k: ExtentKey): string {
+  return `${k.PartitionId}/${k.ExtentId}/${k.ExtentOffset}/${k.Size}`;
+}
 
 const SEEN_UNIQ_MAX = 100_000;
 
@@ -247,6 +260,16 @@ export class MetaStore {
       case 'i':
         this.part(e.p).inodes.delete(e.ino);
         return;
+      case 'G': {
+        const g = this.part(e.p).garbage;
+        for (const k of e.eks) g.set(garbageKey(k), k);
+        return;
+      }
+      case 'g': {
+        const g = this.part(e.p).garbage;
+        for (const k of e.eks) g.delete(garbageKey(k));
+        return;
+      }
       case 'D': {
         const p = this.part(e.p);
         const d = p.dir(e.pino, true)!;
@@ -288,6 +311,7 @@ export class MetaStore {
         for (const id of p.seenUniq) put({ k: 'U', p: p.id, id });
         for (const v of p.inodes.values()) put({ k: 'I', p: p.id, v });
         for (const [pino, d] of p.dirs) for (const [name, r] of d.map) put({ k: 'D', p: p.id, pino, name, ino: r.ino, type: r.type });
+        if (p.garbage.size > 0) put({ k: 'G', p: p.id, eks: [...p.garbage.values()] });
       }
       flush();
       fs.fsyncSync(fd);

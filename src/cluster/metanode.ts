@@ -9,6 +9,9 @@
  * one log record. Staged transactions are not durable: a restart rolls them back, as a TM would after
  * its timeout.
  *
+ * Space: extents no inode refers to any more (an evicted inode's, a truncated or overwritten range's) go to
+ * the partition's garbage and are deleted on the datanodes a little later (reclaimer.ts).
+ *
  * Valid replies: Ok with upstream's body; NotExist (unknown partition, inode, dentry or transaction),
  * Exist, NotEmpty, ArgMismatch (malformed body, wrong types), InodeFull, ConflictExtents, TxConflict.
  */
@@ -20,7 +23,9 @@ import { GoMode, isGoDir, isGoRegular } from '../proto/mode.js';
 import { PacketServer } from '../transport/server.js';
 import { splitAddr } from '../transport/tcp.js';
 import { logger } from '../util/log.js';
-import { MetaPartition, MetaStore, type Effect, type InodeRec } from './meta-store.js';
+import { garbageKey, MetaPartition, MetaStore, type Effect, type InodeRec } from './meta-store.js';
+import { ExtentReclaimer, releasedExtents } from './reclaimer.js';
+import type { DataPartitionView } from '../proto/types.js';
 
 const log = logger('metanode');
 
@@ -28,6 +33,8 @@ export interface MetaNodeOptions {
   dir: string;
   /** "host:port"; default "127.0.0.1:0". */
   listen?: string;
+  /** How long a released extent waits before the datanodes delete it (default 10 s). */
+  reclaimDelayMs?: number;
 }
 
 /** A reply with a result code other than Ok. */
@@ -62,6 +69,7 @@ const TX_COMMIT = 1;
 export class MetaNode {
   private readonly store: MetaStore;
   private readonly server: PacketServer;
+  readonly reclaimer: ExtentReclaimer;
   private readonly listenAddr: string;
   private address = '';
   private running = false;
@@ -74,6 +82,7 @@ export class MetaNode {
     this.store = new MetaStore({ dir: opts.dir });
     this.listenAddr = opts.listen ?? '127.0.0.1:0';
     this.server = new PacketServer('metanode', (req) => this.handle(req));
+    this.reclaimer = new ExtentReclaimer(this.store, opts.reclaimDelayMs !== undefined ? { delayMs: opts.reclaimDelayMs } : {});
   }
 
   get addr(): string {
@@ -88,6 +97,7 @@ export class MetaNode {
       : splitAddr(this.listenAddr);
     this.address = await this.server.listen(host, port);
     this.running = true;
+    this.reclaimer.start();
     log('listening on %s, %d partitions', this.address, this.store.partitions.size);
     return this.address;
   }
@@ -96,6 +106,7 @@ export class MetaNode {
     if (!this.running) return;
     this.running = false;
     await this.server.close();
+    await this.reclaimer.stop();
     await this.store.close();
   }
 
@@ -114,8 +125,8 @@ export class MetaNode {
 
   private dispatch(req: Packet): { body?: unknown; effects: Effect[] } {
     const op = req.opcode;
-    if (op === Op.MetaNodeHeartbeat) return { body: this.heartbeat(), effects: [] };
     const b = parseBody(req.data);
+    if (op === Op.MetaNodeHeartbeat) return { body: this.heartbeat(b), effects: [] };
     if (op === 0x40) return this.createPartition(b);
     if (op === Op.TxCommit || op === Op.TxRollback) return this.txApply(req, b);
     const p = this.store.partitions.get(req.partitionId);
@@ -221,7 +232,14 @@ export class MetaNode {
     return { effects: fx };
   }
 
-  private heartbeat(): unknown {
+  /** The master's heartbeat: answers partition stats; takes the data partitions it sends (for the reclaimer). */
+  private heartbeat(b: Body): unknown {
+    const dps = b.DataPartitions;
+    if (dps && typeof dps === 'object' && !Array.isArray(dps)) {
+      for (const [vol, views] of Object.entries(dps as Record<string, unknown>)) {
+        if (Array.isArray(views)) this.reclaimer.setViews(vol, views as DataPartitionView[]);
+      }
+    }
     const Partitions = [];
     for (const p of this.store.partitions.values()) {
       let used = 0;
@@ -266,7 +284,31 @@ export class MetaNode {
 
   private evictInode(p: MetaPartition, b: Body, fx: Effect[]): void {
     const r = this.inode(p, num(b, 'ino'));
-    if (r.nlink === 0) fx.push({ k: 'i', p: p.id, ino: r.ino });
+    if (r.nlink === 0) {
+      fx.push({ k: 'i', p: p.id, ino: r.ino });
+      this.release(p, r.eks, [], fx);
+    }
+  }
+
+  /**
+   * Extents `before` names and `after` does not go to the garbage. `added` (a key just recorded) takes its
+   * extent back out of it: a writer may record a key of an extent another client's truncate released.
+   */
+  private release(p: MetaPartition, before: ExtentKey[], after: ExtentKey[], fx: Effect[], added?: ExtentKey): void {
+    const gone = releasedExtents(before, after);
+    if (gone.length > 0) fx.push({ k: 'G', p: p.id, eks: gone });
+    if (!added || p.garbage.size === 0) return;
+    const back: ExtentKey[] = [];
+    if (added.ExtentId > 64) {
+      const whole = p.garbage.get(garbageKey({ ...added, ExtentOffset: 0, Size: 0 }));
+      if (whole) back.push(whole);
+    } else {
+      for (const g of p.garbage.values()) {
+        if (g.PartitionId === added.PartitionId && g.ExtentId === added.ExtentId &&
+          g.ExtentOffset < added.ExtentOffset + added.Size && added.ExtentOffset < g.ExtentOffset + g.Size) back.push(g);
+      }
+    }
+    if (back.length > 0) fx.push({ k: 'g', p: p.id, eks: back });
   }
 
   private linkInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
@@ -300,6 +342,7 @@ export class MetaNode {
       if (k.FileOffset + k.Size > sz) eks.push({ ...k, Size: sz - k.FileOffset });
       else eks.push(k);
     }
+    this.release(p, r.eks, eks, fx);
     r.eks = eks;
     r.sz = sz;
     r.gen++;
@@ -323,6 +366,7 @@ export class MetaNode {
         });
         if (!match) throw new Reject(Result.ConflictExtents, `inode ${r.ino}: discarded extents do not match the stored ones`);
       }
+      this.release(p, r.eks, eks, fx, ek);
       r.eks = eks;
     }
     r.sz = Math.max(r.sz, ek.FileOffset + ek.Size);

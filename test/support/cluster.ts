@@ -28,7 +28,7 @@ export async function connect(t: Test, cluster: EmbeddedCluster): Promise<CubeFS
   return client;
 }
 
-/** Deterministic pseudo-random bytes (fast for large sizes: a random block repeated with a counter). */
+/** Pseudo-random bytes, fast for large sizes (a random block repeated with a counter). Each call differs: keep the buffer to compare. */
 export function pattern(size: number, seed = 1): Buffer {
   const block = randomBytes(64 * 1024);
   const out = Buffer.allocUnsafe(size);

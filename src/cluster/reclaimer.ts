@@ -1,0 +1,150 @@
+/**
+ * Deleting the extents no inode refers to any more (upstream's metanode does the same from its free list):
+ * every released extent (a 'G' record in a meta partition's garbage, see meta-store.ts) is sent as
+ * MarkDelete to its data partition's leader, which deletes it on the followers too; once the leader
+ * answers Ok (or NotExist: already gone), a 'g' record drops it from the garbage.
+ *
+ * An extent goes only `delayMs` after this metanode saw it released (after a restart: after it started),
+ * so a client still reading through keys it cached a moment ago, or a writer whose extent another client
+ * just truncated away, meets the data rather than NotExist; a key recorded again meanwhile takes the
+ * extent back out of the garbage (metanode addExtent).
+ *
+ * Where the data partitions are: the master sends its view with every heartbeat (setViews); a partition
+ * not in the view yet waits for the next round.
+ */
+import { newPacket, Op, Result, type DataPartitionView, type ExtentKey } from '../proto/index.js';
+import { nextReqId } from '../transport/reqid.js';
+import { ConnPool } from '../transport/tcp.js';
+import { followerArg, remainingFollowers } from '../data/partitions.js';
+import { logger } from '../util/log.js';
+import { garbageKey, type MetaStore } from './meta-store.js';
+
+const log = logger('metanode:reclaim');
+
+export const DEFAULT_RECLAIM_DELAY_MS = 10_000;
+/** MarkDeletes in flight at once. */
+const CONCURRENCY = 8;
+
+export interface ReclaimerOptions {
+  /** How long a released extent waits before it is deleted (default 10 s; env CUBEFS_RECLAIM_DELAY_MS). */
+  delayMs?: number;
+}
+
+export class ExtentReclaimer {
+  private readonly delayMs: number;
+  private readonly tickMs: number;
+  private readonly views = new Map<string, Map<number, DataPartitionView>>();
+  /** garbageKey -> when it may go (ms since epoch), set when first seen. */
+  private readonly due = new Map<string, number>();
+  private readonly pool = new ConnPool(1, 10_000);
+  private timer: NodeJS.Timeout | null = null;
+  private round: Promise<void> | null = null;
+  /** MarkDeletes answered Ok or NotExist since start. */
+  deleted = 0;
+
+  constructor(private readonly store: MetaStore, opts: ReclaimerOptions = {}) {
+    const env = Number(process.env.CUBEFS_RECLAIM_DELAY_MS);
+    this.delayMs = opts.delayMs ?? (Number.isFinite(env) && env >= 0 ? env : DEFAULT_RECLAIM_DELAY_MS);
+    this.tickMs = Math.max(100, Math.min(1_000, this.delayMs));
+  }
+
+  /** The master's data partitions of `vol` (from its heartbeat). */
+  setViews(vol: string, views: DataPartitionView[]): void {
+    this.views.set(vol, new Map(views.map((v) => [v.PartitionID, v])));
+  }
+
+  start(): void {
+    if (this.timer) return;
+    this.timer = setInterval(() => {
+      this.round ??= this.reclaimRound().finally(() => { this.round = null; });
+    }, this.tickMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.round;
+    this.pool.close();
+  }
+
+  /** One pass over every partition's garbage: delete what is due, record what went. */
+  private async reclaimRound(): Promise<void> {
+    const now = Date.now();
+    const jobs: { p: number; ek: ExtentKey; view: DataPartitionView }[] = [];
+    const known = new Set<string>();
+    for (const p of this.store.partitions.values()) {
+      for (const [key, ek] of p.garbage) {
+        known.add(key);
+        let due = this.due.get(key);
+        if (due === undefined) this.due.set(key, (due = now + this.delayMs));
+        if (due > now) continue;
+        const view = this.views.get(p.vol)?.get(ek.PartitionId);
+        if (view && view.Hosts.length > 0) jobs.push({ p: p.id, ek, view });
+      }
+    }
+    for (const key of this.due.keys()) if (!known.has(key)) this.due.delete(key); // taken back, or gone
+    if (jobs.length === 0) return;
+    const gone = new Map<number, ExtentKey[]>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < jobs.length) {
+        const j = jobs[next++]!;
+        if (await this.markDelete(j.ek, j.view)) {
+          const list = gone.get(j.p) ?? [];
+          list.push(j.ek);
+          gone.set(j.p, list);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(CONCURRENCY, jobs.length) }, worker));
+    if (gone.size === 0) return;
+    await this.store.commit([...gone].map(([p, eks]) => ({ k: 'g' as const, p, eks })));
+    for (const eks of gone.values()) {
+      this.deleted += eks.length;
+      for (const k of eks) this.due.delete(garbageKey(k));
+    }
+  }
+
+  /** True when the extent is gone on the partition (Ok, or NotExist); false: try again next round. */
+  private async markDelete(ek: ExtentKey, view: DataPartitionView): Promise<boolean> {
+    const tiny = ek.ExtentId >= 1 && ek.ExtentId <= 64;
+    const req = newPacket({
+      opcode: Op.MarkDelete, partitionId: ek.PartitionId, extentId: ek.ExtentId, extentOffset: ek.ExtentOffset,
+      reqId: nextReqId(), arg: followerArg(view), remainingFollowers: remainingFollowers(view),
+      // a tiny extent is shared: only this key's range goes (upstream sends the key as JSON)
+      ...(tiny ? { data: Buffer.from(JSON.stringify({ ExtentOffset: ek.ExtentOffset, Size: ek.Size })) } : {}),
+    });
+    try {
+      const reply = await this.pool.request(view.Hosts[0]!, req, { timeoutMs: 10_000 });
+      if (reply.resultCode === Result.Ok || reply.resultCode === Result.NotExist) return true;
+      log('MarkDelete of extent %d/%d on %s: result 0x%s %s', ek.PartitionId, ek.ExtentId, view.Hosts[0], reply.resultCode.toString(16), reply.data.toString('utf8'));
+    } catch (e) {
+      log('MarkDelete of extent %d/%d on %s: %s', ek.PartitionId, ek.ExtentId, view.Hosts[0], (e as Error).message);
+    }
+    return false;
+  }
+}
+
+/**
+ * The extents `before` refers to and `after` does not: each normal extent no key of `after` names (one key
+ * for the whole extent), and each tiny-extent range no key of `after` overlaps (tiny extents are shared
+ * between files, so only the range goes).
+ */
+export function releasedExtents(before: ExtentKey[], after: ExtentKey[]): ExtentKey[] {
+  const live = new Set(after.map((k) => `${k.PartitionId}/${k.ExtentId}`));
+  const out: ExtentKey[] = [];
+  const seen = new Set<string>();
+  for (const k of before) {
+    const id = `${k.PartitionId}/${k.ExtentId}`;
+    if (k.ExtentId >= 1 && k.ExtentId <= 64) {
+      const still = after.some((a) => a.PartitionId === k.PartitionId && a.ExtentId === k.ExtentId &&
+        a.ExtentOffset < k.ExtentOffset + k.Size && k.ExtentOffset < a.ExtentOffset + a.Size);
+      if (!still) out.push({ ...k, FileOffset: 0 });
+    } else if (!live.has(id) && !seen.has(id)) {
+      seen.add(id);
+      out.push({ ...k, FileOffset: 0, ExtentOffset: 0, Size: 0 });
+    }
+  }
+  return out;
+}
