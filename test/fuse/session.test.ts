@@ -87,6 +87,9 @@ t.test("umount MNT from outside emits 'unmounted'", async (t) => {
   t.equal(mountedAt(mnt), null, 'not mounted');
 });
 
+/** Processes holding /dev/fuse open, with their command lines. */
+const HOLDERS = `for p in /proc/[0-9]*; do ls -l $p/fd 2>/dev/null | grep -q /dev/fuse && echo "$p $(tr '\\0' ' ' < $p/cmdline)"; done`;
+
 t.test('a SIGKILLed client leaves no stale mount (auto_unmount)', async (t) => {
   const { mnt } = scratchMount(t);
   const { child } = await client(t, mnt);
@@ -95,7 +98,13 @@ t.test('a SIGKILLed client leaves no stale mount (auto_unmount)', async (t) => {
   child.kill('SIGKILL');
   await exited;
   // fusermount3's watcher does the unmount; on a loaded machine it can take a while to be scheduled.
-  t.ok(await until(() => mountedAt(mnt) === null, 60_000), 'fusermount3 removed the mount after the kill');
+  const gone = await until(() => mountedAt(mnt) === null, 60_000);
+  // When it does not, say what is left: is the watcher alive, and who still holds /dev/fuse?
+  const diag = gone ? {} : {
+    watchers: (await promisify(execFile)('sh', ['-c', 'ps -eo pid,ppid,stat,etime,wchan:20,cmd | grep -E "[f]usermount|[m]ount-null"']).catch((e: { stdout?: string }) => e)).stdout,
+    holders: (await promisify(execFile)('sh', ['-c', HOLDERS]).catch((e: { stdout?: string }) => e)).stdout,
+  };
+  t.ok(gone, 'fusermount3 removed the mount after the kill', diag);
 });
 
 t.test('SIGTERM unmounts cleanly, then the signal ends the client', async (t) => {
