@@ -44,6 +44,7 @@ export class DataClient implements StreamHost {
       tinyExtents: opts.tinyExtents ?? true,
       tcpCounters: { writes: 0, reads: 0 },
       staging: { writes: 0, bytes: 0, submits: 0 },
+      spareStages: [],
       parts: new PartitionSelector(opts.source),
       rdma: opts.rdma instanceof RdmaPath ? opts.rdma : opts.rdma ? RdmaPath.create(opts.rdma) : null,
     };

@@ -34,6 +34,8 @@ export interface DataCore {
   readonly tcpCounters: { writes: number; reads: number };
   /** Write-behind (FileStream staging): small writes gathered, and the gathered runs sent. */
   readonly staging: { writes: number; bytes: number; submits: number };
+  /** Staging buffers (without RDMA) kept for reuse: a random 4 KiB write opens a stage of its own each time. */
+  readonly spareStages: Buffer[];
 }
 
 /** Count one TCP data request. */

@@ -45,6 +45,8 @@ export const STAGE_MAX_WRITE = 128 * 1024;
 const STAGE_IDLE_MS = 50;
 /** Gathered runs in flight per stream before a new one waits (bounds the memory write-behind holds). */
 const STAGES_INFLIGHT = 4;
+/** Spare staging buffers a client keeps (without RDMA; the pool is the spare list with it). */
+const SPARE_STAGES = 8;
 
 /** A run of contiguous small writes not yet dispatched. */
 interface Stage {
@@ -214,7 +216,7 @@ export class FileStream implements WriterOwner {
         return false; // the pool is busy: send this write as it is rather than wait
       }
     } else {
-      buf = Buffer.allocUnsafe(STAGE_BYTES);
+      buf = this.core.spareStages.pop() ?? Buffer.allocUnsafe(STAGE_BYTES);
     }
     const first = this.untouched;
     const timer = setTimeout(() => this.submitStage(), STAGE_IDLE_MS);
@@ -237,6 +239,7 @@ export class FileStream implements WriterOwner {
     clearTimeout(st.timer);
     const release = (): void => {
       if (st.pooled) this.core.rdma?.pool.free(st.buf);
+      else if (this.core.spareStages.length < SPARE_STAGES) this.core.spareStages.push(st.buf);
     };
     if (st.len === 0) {
       release();
