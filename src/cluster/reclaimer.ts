@@ -90,6 +90,8 @@ export class ExtentReclaimer {
     const worker = async (): Promise<void> => {
       while (next < jobs.length) {
         const j = jobs[next++]!;
+        // recorded again since the round began (addExtent took it back): it stays
+        if (!this.store.partitions.get(j.p)?.garbage.has(garbageKey(j.ek))) continue;
         if (await this.markDelete(j.ek, j.view)) {
           const list = gone.get(j.p) ?? [];
           list.push(j.ek);
