@@ -24,7 +24,8 @@ import { PacketServer } from '../transport/server.js';
 import { splitAddr } from '../transport/tcp.js';
 import { logger } from '../util/log.js';
 import { garbageKey, MetaPartition, MetaStore, type Effect, type InodeRec } from './meta-store.js';
-import { ExtentReclaimer, releasedExtents } from './reclaimer.js';
+import { ExtentReclaimer, overlapsInExtent, releasedExtents } from './reclaimer.js';
+import { isTinyExtent } from './extent-store.js';
 import type { DataPartitionView } from '../proto/types.js';
 
 const log = logger('metanode');
@@ -299,14 +300,11 @@ export class MetaNode {
     if (gone.length > 0) fx.push({ k: 'G', p: p.id, eks: gone });
     if (!added || p.garbage.size === 0) return;
     const back: ExtentKey[] = [];
-    if (added.ExtentId > 64) {
+    if (isTinyExtent(added.ExtentId)) {
+      for (const g of p.garbage.values()) if (overlapsInExtent(g, added)) back.push(g);
+    } else {
       const whole = p.garbage.get(garbageKey({ ...added, ExtentOffset: 0, Size: 0 }));
       if (whole) back.push(whole);
-    } else {
-      for (const g of p.garbage.values()) {
-        if (g.PartitionId === added.PartitionId && g.ExtentId === added.ExtentId &&
-          g.ExtentOffset < added.ExtentOffset + added.Size && added.ExtentOffset < g.ExtentOffset + g.Size) back.push(g);
-      }
     }
     if (back.length > 0) fx.push({ k: 'g', p: p.id, eks: back });
   }

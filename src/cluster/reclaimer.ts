@@ -17,6 +17,7 @@ import { nextReqId } from '../transport/reqid.js';
 import { ConnPool } from '../transport/tcp.js';
 import { followerArg, remainingFollowers } from '../data/partitions.js';
 import { logger } from '../util/log.js';
+import { isTinyExtent } from './extent-store.js';
 import { garbageKey, type MetaStore } from './meta-store.js';
 
 const log = logger('metanode:reclaim');
@@ -110,7 +111,7 @@ export class ExtentReclaimer {
 
   /** True when the extent is gone on the partition (Ok, or NotExist); false: try again next round. */
   private async markDelete(ek: ExtentKey, view: DataPartitionView): Promise<boolean> {
-    const tiny = ek.ExtentId >= 1 && ek.ExtentId <= 64;
+    const tiny = isTinyExtent(ek.ExtentId);
     const req = newPacket({
       opcode: Op.MarkDelete, partitionId: ek.PartitionId, extentId: ek.ExtentId, extentOffset: ek.ExtentOffset,
       reqId: nextReqId(), arg: followerArg(view), remainingFollowers: remainingFollowers(view),
@@ -139,14 +140,18 @@ export function releasedExtents(before: ExtentKey[], after: ExtentKey[]): Extent
   const seen = new Set<string>();
   for (const k of before) {
     const id = `${k.PartitionId}/${k.ExtentId}`;
-    if (k.ExtentId >= 1 && k.ExtentId <= 64) {
-      const still = after.some((a) => a.PartitionId === k.PartitionId && a.ExtentId === k.ExtentId &&
-        a.ExtentOffset < k.ExtentOffset + k.Size && k.ExtentOffset < a.ExtentOffset + a.Size);
-      if (!still) out.push({ ...k, FileOffset: 0 });
+    if (isTinyExtent(k.ExtentId)) {
+      if (!after.some((a) => overlapsInExtent(a, k))) out.push({ ...k, FileOffset: 0 });
     } else if (!live.has(id) && !seen.has(id)) {
       seen.add(id);
       out.push({ ...k, FileOffset: 0, ExtentOffset: 0, Size: 0 });
     }
   }
   return out;
+}
+
+/** Both keys name bytes of the same extent that overlap. */
+export function overlapsInExtent(a: ExtentKey, b: ExtentKey): boolean {
+  return a.PartitionId === b.PartitionId && a.ExtentId === b.ExtentId &&
+    a.ExtentOffset < b.ExtentOffset + b.Size && b.ExtentOffset < a.ExtentOffset + a.Size;
 }

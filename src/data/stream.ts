@@ -262,7 +262,7 @@ export class FileStream implements WriterOwner {
   }
 
   private overlapsInflight(start: number, end: number): boolean {
-    for (const r of this.inflight) if (r.start < end && start < r.end) return true;
+    for (const r of this.inflight) if (overlaps(r, start, end)) return true;
     return false;
   }
 
@@ -365,7 +365,7 @@ export class FileStream implements WriterOwner {
 
   private async waitInflight(start: number, end: number): Promise<void> {
     for (;;) {
-      const hit = [...this.inflight].filter((r) => r.start < end && start < r.end);
+      const hit = [...this.inflight].filter((r) => overlaps(r, start, end));
       if (hit.length === 0) return;
       await Promise.all(hit.map((r) => r.done));
     }
@@ -418,6 +418,10 @@ export class FileStream implements WriterOwner {
       return Promise.all(this.append(p.fileOffset, p.data, sync, deadline)).then(() => undefined);
     })));
   }
+}
+
+function overlaps(r: Range, start: number, end: number): boolean {
+  return r.start < end && start < r.end;
 }
 
 async function runLimited(jobs: (() => Promise<void>)[], limit: number): Promise<void> {
