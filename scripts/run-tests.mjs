@@ -90,7 +90,10 @@ async function runDirect() {
   let status = 0, n = 0;
   for (const f of files) {
     const code = await new Promise((resolve) => {
-      const c = spawn(process.execPath, [f], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+      // tap's root timeout for a plain `node FILE` run is 30 s unless TAP_TIMEOUT says otherwise: far too short
+      // for a file of several tests under emulation, so each file gets the runner's own per-file budget.
+      const env = { ...process.env, TAP_TIMEOUT: process.env.TAP_TIMEOUT ?? '1200' };
+      const c = spawn(process.execPath, [f], { cwd: root, env, stdio: ['ignore', 'pipe', 'inherit'] });
       let b = '';
       c.stdout.on('data', (d) => {
         b += d.toString();
