@@ -4,6 +4,8 @@
  * Requests on one connection are handled concurrently, but their replies leave in request order, as
  * upstream's pipelined writers expect. A handler returns the reply, several replies (StreamRead), or
  * null to send nothing. A malformed packet closes that connection; other connections are unaffected.
+ * With `closeAfterError` (datanodes: upstream's ReplProtocol stops after an error packet) a connection
+ * ends right after it carried an error reply: nothing more is read from it or sent on it.
  */
 import net from 'node:net';
 import { encodeHead, newReply, PacketReader, wireDataLength, type Packet } from '../proto/packet.js';
@@ -21,8 +23,10 @@ export type PacketHandler = (req: Packet, ctx: RequestContext) => Promise<Packet
 export class PacketServer {
   private readonly server: net.Server;
   private readonly sockets = new Set<net.Socket>();
+  /** Connections accepted since start (a datanode reports it: clients should reuse theirs). */
+  accepted = 0;
 
-  constructor(private readonly name: string, private readonly handler: PacketHandler) {
+  constructor(private readonly name: string, private readonly handler: PacketHandler, private readonly opts: { closeAfterError?: boolean } = {}) {
     this.server = net.createServer((s) => this.serve(s));
   }
 
@@ -43,14 +47,17 @@ export class PacketServer {
   }
 
   private serve(sock: net.Socket): void {
+    this.accepted++;
     this.sockets.add(sock);
     sock.setNoDelay(true);
     const remote = `${sock.remoteAddress}:${sock.remotePort}`;
     const reader = new PacketReader();
     let tail: Promise<void> = Promise.resolve();
+    let ending = false;
     sock.on('close', () => this.sockets.delete(sock));
     sock.on('error', (e) => log('%s %s: %s', this.name, remote, e.message));
     sock.on('data', (chunk: Buffer) => {
+      if (ending) return;
       let reqs: Packet[];
       try {
         reqs = reader.push(chunk);
@@ -68,13 +75,18 @@ export class PacketServer {
         tail = (async () => {
           const out = await work;
           await prev;
-          if (sock.destroyed || out === null) return;
+          if (sock.destroyed || ending || out === null) return;
           for (const p of Array.isArray(out) ? out : [out]) {
             const n = wireDataLength(p);
             sock.cork();
             sock.write(encodeHead(p));
             if (n > 0) sock.write(n === p.data.length ? p.data : p.data.subarray(0, n));
             sock.uncork();
+            if (p.resultCode !== Result.Ok && this.opts.closeAfterError) {
+              ending = true;
+              sock.end();
+              return;
+            }
           }
         })();
       }

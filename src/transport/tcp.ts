@@ -45,6 +45,9 @@ export class PacketConn {
     sock.setNoDelay(true);
     sock.on('data', (chunk: Buffer) => this.onData(chunk));
     sock.on('error', (e) => this.fail(new CubeFSError(ErrorCode.Network, `${addr}: ${e.message}`, { retryable: true, cause: e })));
+    // A FIN is the end of this connection (a datanode closes its end after an error reply): dead at once, so
+    // no one picks it in the moment before 'close'.
+    sock.on('end', () => this.fail(new CubeFSError(ErrorCode.Network, `${addr}: connection closed by the peer`, { retryable: true })));
     sock.on('close', () => this.fail(new CubeFSError(ErrorCode.Network, `${addr}: connection closed`, { retryable: true })));
   }
 
