@@ -1,7 +1,10 @@
 /**
  * Extent files of one data partition on disk: dir/<partition>/<extentId>, plus dir/<partition>/meta.json
  * ({VolName, PartitionID, Hosts, NextExtentId}). Normal extent ids start at 1024 and are never reused:
- * the next id is persisted (write to a temp file, rename) before an id is handed out. Tiny extents
+ * ids are reserved on disk a block at a time (NextExtentId in meta.json is a bound no id handed out has
+ * reached; written to a temp file and renamed before any id of the block is handed out), so creating an
+ * extent costs no file-system metadata write but once per ID_RESERVE ids; a restart resumes at the bound,
+ * skipping what was left of the block. Tiny extents
  * (ids 1..64) are created on first write; their append cursor is the file size rounded up to 4 KiB, so
  * it survives a restart without extra metadata.
  *
@@ -38,6 +41,8 @@ interface Extent {
 }
 
 export const MAX_OPEN_EXTENTS = 512;
+/** Normal extent ids reserved on disk at once (upstream's datanode persists its base extent id in steps too). */
+const ID_RESERVE = 1024;
 
 interface OpenFile {
   fh: Promise<fsp.FileHandle>;
@@ -98,10 +103,17 @@ export class ExtentStore {
   private readonly tinyCursor = new Map<number, number>();
   private tinyNext = 1;
   private persistChain: Promise<void> = Promise.resolve();
+  /** Sum of the extents' sizes, kept as they change (a capacity check on every write must not walk them). */
+  private usedBytes = 0;
+  /** Ids below this are reserved on disk (meta.json says so). */
+  private reservedUntil: number;
+  /** The reservation being written, and the bound it will set. */
+  private reserving: { bound: number; done: Promise<void> } | null = null;
 
   private constructor(dir: string, meta: PartitionMeta) {
     this.dir = dir;
     this.meta = meta;
+    this.reservedUntil = meta.NextExtentId;
   }
 
   /** Open (or create) the partition directory and load its extents. */
@@ -121,17 +133,22 @@ export class ExtentStore {
       const id = Number(name);
       const s = await fsp.stat(path.join(dir, name));
       st.extents.set(id, { size: s.size });
+      st.usedBytes += s.size;
       if (isTinyExtent(id)) st.tinyCursor.set(id, alignUp(s.size));
       else if (id >= st.meta.NextExtentId) st.meta.NextExtentId = id + 1;
     }
+    st.reservedUntil = st.meta.NextExtentId;
     await st.persist();
     return st;
   }
 
   get used(): number {
-    let n = 0;
-    for (const e of this.extents.values()) n += e.size;
-    return n;
+    return this.usedBytes;
+  }
+
+  private resize(e: Extent, size: number): void {
+    this.usedBytes += size - e.size;
+    e.size = size;
   }
 
   get extentCount(): number {
@@ -146,18 +163,18 @@ export class ExtentStore {
     return this.extents.get(id)?.size;
   }
 
-  /** Leader: a fresh normal extent id, persisted before it is returned. */
+  /** Leader: a fresh normal extent id, reserved on disk before it is returned. */
   async allocExtentId(): Promise<number> {
     const id = this.meta.NextExtentId++;
-    await this.persist();
+    await this.reserveThrough(id);
     return id;
   }
 
   /** Create an extent file (idempotent). Followers learn ids from the leader and keep NextExtentId past them. */
   async create(id: number): Promise<void> {
-    if (!isTinyExtent(id) && id >= this.meta.NextExtentId) {
-      this.meta.NextExtentId = id + 1;
-      await this.persist();
+    if (!isTinyExtent(id)) {
+      if (id >= this.meta.NextExtentId) this.meta.NextExtentId = id + 1;
+      await this.reserveThrough(id);
     }
     if (this.extents.has(id)) return;
     this.extents.set(id, { size: 0 });
@@ -197,7 +214,7 @@ export class ExtentStore {
     if (!e) throw new ExtentNotExist(id);
     const end = off + data.length;
     const before = e.size;
-    if (end > e.size) e.size = end;
+    if (end > e.size) this.resize(e, end);
     if (isTinyExtent(id)) this.tinyCursor.set(id, Math.max(this.tinyCursor.get(id) ?? 0, alignUp(end)));
     try {
       await openFiles.use(this.file(id), async (fh) => {
@@ -209,7 +226,7 @@ export class ExtentStore {
         if (sync) await fh.datasync();
       });
     } catch (err) {
-      if (e.size === end && before < end) e.size = Math.max(before, await this.statSize(id));
+      if (e.size === end && before < end) this.resize(e, Math.max(before, await this.statSize(id)));
       throw err;
     }
   }
@@ -255,6 +272,7 @@ export class ExtentStore {
       return;
     }
     this.extents.delete(id);
+    this.usedBytes -= e.size;
     await openFiles.drop(this.file(id));
     await fsp.rm(this.file(id), { force: true });
   }
@@ -276,11 +294,29 @@ export class ExtentStore {
     }
   }
 
-  /** Serialised so an older snapshot never overwrites a newer one. */
-  private persist(): Promise<void> {
+  /** Id `id` is reserved on disk when this resolves: at once when it lies in the current block. */
+  private reserveThrough(id: number): Promise<void> {
+    if (id < this.reservedUntil) return Promise.resolve();
+    if (this.reserving && id < this.reserving.bound) return this.reserving.done;
+    const bound = id + ID_RESERVE;
+    const done = this.persist(bound).then(() => {
+      this.reservedUntil = Math.max(this.reservedUntil, bound);
+    }).finally(() => {
+      if (this.reserving?.bound === bound) this.reserving = null;
+    });
+    this.reserving = { bound, done };
+    return done;
+  }
+
+  /**
+   * meta.json, NextExtentId being the reservation bound. Serialised so an older snapshot never overwrites a
+   * newer one.
+   */
+  private persist(bound = this.reservedUntil): Promise<void> {
     const next = this.persistChain.then(async () => {
       const f = path.join(this.dir, 'meta.json');
-      await fsp.writeFile(f + '.tmp', JSON.stringify(this.meta));
+      const saved: PartitionMeta = { ...this.meta, NextExtentId: Math.max(bound, this.reservedUntil) };
+      await fsp.writeFile(f + '.tmp', JSON.stringify(saved));
       await fsp.rename(f + '.tmp', f);
     });
     this.persistChain = next.catch(() => undefined);
