@@ -4,7 +4,8 @@
  *
  * fuse.json uses upstream's client keys (proto/mount_options.go): masterAddr, mountPoint, volName, owner,
  * logDir, logLevel, attrValid and lookupValid (seconds; a negative value means the default), rdonly,
- * fsyncOnClose, writecache (FUSE writeback cache), enableXattr, subdir; and ours: writeBehind (default true),
+ * fsyncOnClose, writecache (FUSE writeback cache), followerRead, nearRead, enableXattr, subdir; and ours:
+ * writeBehind (default true),
  * rdma, rdmaPort, rdmaPoolMB. Upstream keys this client does not implement are warned about and ignored, as are keys nobody knows; `subdir` is refused (mounting a sub-directory is not supported yet).
  *
  * `-o` mixes three kinds: our keys (the same as fuse.json, plus short forms master=, vol=, ro), FUSE/VFS
@@ -37,6 +38,10 @@ export interface MountSettings {
   writecache?: boolean;
   /** Write-behind of small buffered writes (ours); undefined: the default (on). */
   writeBehind?: boolean;
+  /** Reads from any replica (upstream's followerRead); undefined: off unless the volume has it on. */
+  followerRead?: boolean;
+  /** With followerRead, the nearest replica first (upstream's nearRead). */
+  nearRead?: boolean;
   /** Options for the kernel mount (noatime, nosuid, ...). */
   fuseOptions: string[];
   logDir: string;
@@ -111,7 +116,7 @@ const MOUNT8_ONLY_VALUED = new Set(['comment', 'user', 'helper', 'uhelper']);
 /** Upstream fuse.json keys this client accepts but does not implement (warned, ignored). */
 const UPSTREAM_IGNORED = new Set([
   'warnLogDir', 'profPort', 'locallyProf', 'icacheTimeout', 'readRate', 'writeRate', 'enSyncWrite', 'autoInvalData',
-  'keepcache', 'followerRead', 'nearRead', 'maximallyRead', 'authenticate', 'clientKey', 'ticketHost',
+  'keepcache', 'maximallyRead', 'authenticate', 'clientKey', 'ticketHost',
   'enableHTTPS', 'certFile', 'accessKey', 'secretKey', 'disableDcache', 'maxcpus', 'enablePosixACL', 'enableSummary',
   'enableUnixPermission', 'requestTimeout', 'volType', 'ebsEndpoint', 'ebsServerPath', 'cacheAction', 'ebsBlockSize',
   'bcacheDir', 'readThreads', 'writeThreads', 'metaSendTimeout', 'buffersTotalLimit', 'buffersChanSize',
@@ -195,6 +200,8 @@ export function readConfigFile(file: string, warn: (msg: string) => void): Parti
       case 'fsyncOnClose': out.fsyncOnClose = bool(v, where); break;
       case 'writecache': out.writecache = bool(v, where); break;
       case 'writeBehind': out.writeBehind = bool(v, where); break;
+      case 'followerRead': out.followerRead = bool(v, where); break;
+      case 'nearRead': out.nearRead = bool(v, where); break;
       case 'enableXattr':
         if (!bool(v, where)) warn(`${where}: extended attributes are always enabled in this client`);
         break;
@@ -235,6 +242,8 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       case 'fsyncOnClose': out.fsyncOnClose = val === undefined ? true : bool(val, where); continue;
       case 'writecache': out.writecache = val === undefined ? true : bool(val, where); continue;
       case 'writeBehind': case 'writebehind': out.writeBehind = val === undefined ? true : bool(val, where); continue;
+      case 'followerRead': out.followerRead = val === undefined ? true : bool(val, where); continue;
+      case 'nearRead': out.nearRead = val === undefined ? true : bool(val, where); continue;
       case 'enableXattr': if (val !== undefined && !bool(val, where)) warn(`${where}: extended attributes are always enabled in this client`); continue;
       case 'subdir': refuseSubdir(val, where); continue;
       case 'rdma': out.rdma = rdmaMode(need(), where); continue;
@@ -251,7 +260,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       if (!FUSE_IMPLIED.has(key) && !out.fuseOptions!.includes(item)) out.fuseOptions!.push(item);
       continue;
     }
-    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, writeBehind=, rdma=, rdmaPort=, rdmaPoolMB=; `
+    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, writeBehind=, followerRead=, nearRead=, rdma=, rdmaPort=, rdmaPoolMB=; `
       + 'FUSE: noatime, nosuid, nodev, noexec, ...)';
     if (sloppy) warn(`${msg}, ignored`);
     else throw new CliError(msg, 2);
@@ -301,6 +310,8 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (m.fsyncOnClose !== undefined) s.fsyncOnClose = m.fsyncOnClose;
   if (m.writecache !== undefined) s.writecache = m.writecache;
   if (m.writeBehind !== undefined) s.writeBehind = m.writeBehind;
+  if (m.followerRead !== undefined) s.followerRead = m.followerRead;
+  if (m.nearRead !== undefined) s.nearRead = m.nearRead;
   if (m.logLevel !== undefined) s.logLevel = m.logLevel;
   if (m.logFile !== undefined) s.logFile = m.logFile;
   if (m.rdma !== undefined) s.rdma = m.rdma;
@@ -318,6 +329,8 @@ export function settingsToArgv(s: MountSettings): string[] {
   if (s.fsyncOnClose !== undefined) o.push(`fsyncOnClose=${s.fsyncOnClose}`);
   if (s.writecache !== undefined) o.push(`writecache=${s.writecache}`);
   if (s.writeBehind !== undefined) o.push(`writeBehind=${s.writeBehind}`);
+  if (s.followerRead !== undefined) o.push(`followerRead=${s.followerRead}`);
+  if (s.nearRead !== undefined) o.push(`nearRead=${s.nearRead}`);
   if (s.rdma !== undefined) o.push(`rdma=${s.rdma}`);
   if (s.rdmaPort !== undefined) o.push(`rdmaPort=${s.rdmaPort}`);
   if (s.rdmaPoolMB !== undefined) o.push(`rdmaPoolMB=${s.rdmaPoolMB}`);

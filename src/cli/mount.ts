@@ -95,6 +95,8 @@ export async function runForeground(s: MountSettings): Promise<number> {
       ...(s.fsyncOnClose !== undefined ? { fsyncOnClose: s.fsyncOnClose } : {}),
       ...(s.writecache !== undefined ? { writebackCache: s.writecache } : {}),
       ...(s.writeBehind !== undefined ? { writeBehind: s.writeBehind } : {}),
+      ...(s.followerRead !== undefined ? { followerRead: s.followerRead } : {}),
+      ...(s.nearRead !== undefined ? { nearRead: s.nearRead } : {}),
       rdma: s.rdma ?? 'auto',
       ...(s.rdmaPort !== undefined ? { rdmaPort: s.rdmaPort } : {}),
       ...(s.rdmaPoolMB !== undefined ? { rdmaPoolMB: s.rdmaPoolMB } : {}),

@@ -4,12 +4,21 @@
  * One PacketServer; partitions come from the master's CreateDataPartition (0x60) and are reported by
  * DataNodeHeartbeat (0x63). Each partition is an ExtentStore under dir/<partition>/.
  *
- * Replication: a request whose RemainingFollowers > 0 and whose Arg names followers ("h:p/h:p/") is a
- * leader request. The leader checks it, forwards a copy (Arg empty, RemainingFollowers 0, as upstream's
- * leader does in the capture; for tiny writes with the chosen extent and offset filled in) to every
- * follower in parallel over pooled connections, persists locally, and answers Ok only when all three
- * have persisted. Any follower failure answers IntraGroupNet naming the follower. Replies leave in
- * request order per connection (PacketServer).
+ * Replication of appends: a request whose RemainingFollowers > 0 and whose Arg names followers
+ * ("h:p/h:p/") is a leader request (it goes to Hosts[0]). The leader checks it, forwards a copy (Arg
+ * empty, RemainingFollowers 0, as upstream's leader does in the capture; for tiny writes with the chosen
+ * extent and offset filled in) to every follower in parallel over pooled connections, persists locally,
+ * and answers Ok only when all three have persisted. Any follower failure answers IntraGroupNet naming the
+ * follower. Replies leave in request order per connection (PacketServer).
+ *
+ * Raft leader (upstream: each data partition's raft group; here the master elects, master.ts): the master
+ * tells each datanode the leader of its partitions (CreateDataPartition, every DataNodeHeartbeat). Only
+ * the leader serves StreamRead, Read and RandomWrite; any other replica answers TryOtherAddr "raft is not
+ * the leader" (as does a datanode that has not heard from the master since it started). The leader applies
+ * a RandomWrite and replicates it to the other hosts itself (ReplicateRandomWrite, in place of raft's log),
+ * overlapping ones one after another so every replica applies them in the same order, and answers Ok when
+ * all have it. StreamFollowerRead is served by any replica. As upstream's datanode does, a connection that
+ * carried an error reply is closed right after it.
  *
  * Valid replies per op: CreateExtent Ok(ExtentID) | NotExist | DiskNoSpace | IntraGroupNet | Err;
  * Write/SyncWrite/RandomWrite/SyncRandomWrite Ok | NotExist | DiskNoSpace | IntraGroupNet | Err;
@@ -45,6 +54,9 @@ const MAX_READ_REQUEST = 16 * 1024 * 1024;
 /** An RDMA read is loaded and RDMA-Written in chunks of this size, so disk and wire overlap. */
 const RDMA_READ_CHUNK = 256 * 1024;
 const NO_TINY_TEXT = 'GetAvailableTinyExtent error no available extent';
+/** What a replica that is not the raft leader answers, as upstream's datanode words it (action_error). */
+const NOT_LEADER_READ = 'ActionStreamRead_raft is not the leader.';
+const NOT_LEADER_WRITE = 'ActionWrite:_raft is not the leader.';
 
 export interface DataNodeOptions {
   dir: string;
@@ -80,6 +92,10 @@ export interface DataNodeStats {
   reads: number;
   forwarded: number;
   errors: number;
+  /** StreamRead/Read/RandomWrite refused with TryOtherAddr: this node is not the partition's leader. */
+  notLeader: number;
+  /** TCP connections accepted since start (clients, peers, the master). */
+  accepted: number;
   /** Requests served over RDMA (writes and reads), forwards sent to followers over RDMA. */
   rdmaWrites: number;
   rdmaReads: number;
@@ -90,6 +106,8 @@ interface CreateDataPartitionReq {
   VolName: string;
   PartitionID: number;
   Hosts: string[];
+  /** The raft leader (master.ts); absent from an older master: Hosts[0]. */
+  Leader?: string;
 }
 
 class NoSpace extends Error {}
@@ -101,9 +119,13 @@ export class DataNode {
   private readonly parts = new Map<number, ExtentStore>();
   private address = '';
   private capacity = 0;
-  private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0, rdmaWrites: 0, rdmaReads: 0, rdmaForwards: 0 };
+  private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0, notLeader: 0, rdmaWrites: 0, rdmaReads: 0, rdmaForwards: 0 };
   private rdma: RdmaServing | null = null;
   private readonly tiny: boolean;
+  /** Partition -> its raft leader, as the master last said. Unknown (after a start) means: not us. */
+  private readonly leaders = new Map<number, string>();
+  /** RandomWrites in flight at this leader, per extent (overlapping ones run one after another). */
+  private readonly overwrites = new Map<string, { start: number; end: number; done: Promise<unknown> }[]>();
 
   constructor(opts: DataNodeOptions) {
     this.opts = opts;
@@ -127,7 +149,7 @@ export class DataNode {
   get stats(): DataNodeStats {
     let extents = 0;
     for (const p of this.parts.values()) extents += p.extentCount;
-    return { partitions: this.parts.size, extents, usedBytes: this.used(), capacityBytes: this.capacity, ...this.counters };
+    return { partitions: this.parts.size, extents, usedBytes: this.used(), capacityBytes: this.capacity, ...this.counters, accepted: this.server?.accepted ?? 0 };
   }
 
   /** Directory of a partition's extent files (tests compare replicas through it). */
@@ -153,7 +175,7 @@ export class DataNode {
       this.capacity = s.bavail * s.bsize + this.used();
     }
     this.pool = new ConnPool(4);
-    const server = new PacketServer('datanode', (req, ctx) => this.handle(req, ctx));
+    const server = new PacketServer('datanode', (req, ctx) => this.handle(req, ctx), { closeAfterError: true });
     const { host, port } = parseListen(this.opts.listen ?? '127.0.0.1:0');
     this.address = await server.listen(host, port);
     this.server = server;
@@ -219,11 +241,17 @@ export class DataNode {
         return this.createExtent(part, req);
       case Op.Write:
       case Op.SyncWrite:
+      case Op.ReplicateRandomWrite:
+      case Op.ReplicateSyncRandomWrite:
+        return this.write(part, req);
       case Op.RandomWrite:
       case Op.SyncRandomWrite:
-        return this.write(part, req);
+        if (!this.leads(part)) return this.notLeader(req, NOT_LEADER_WRITE);
+        return this.overwrite(part, req, req.data, (followers, fwd) => this.forward(followers, fwd));
       case Op.Read:
       case Op.StreamRead:
+        if (!this.leads(part)) return this.notLeader(req, NOT_LEADER_READ);
+        return this.read(part, req);
       case Op.StreamFollowerRead:
         return this.read(part, req);
       case Op.MarkDelete:
@@ -242,16 +270,43 @@ export class DataNode {
       const st = await ExtentStore.open(this.opts.dir, { VolName: body.VolName, PartitionID: body.PartitionID, Hosts: body.Hosts }, true);
       this.parts.set(body.PartitionID, st);
     }
+    this.leaders.set(body.PartitionID, typeof body.Leader === 'string' && body.Leader !== '' ? body.Leader : body.Hosts[0] ?? '');
     return newReply(req, Result.Ok);
   }
 
+  /** This node is the partition's raft leader. */
+  private leads(part: ExtentStore): boolean {
+    return this.leaders.get(part.meta.PartitionID) === this.address;
+  }
+
+  private notLeader(req: Packet, text: string): Packet {
+    this.counters.notLeader++;
+    return errReply(req, Result.TryOtherAddr, text);
+  }
+
+  /** The master's heartbeat: takes the leaders it names, answers capacity and partitions. */
   private heartbeat(req: Packet): Packet {
+    if (req.data.length > 0) {
+      let leaders: unknown;
+      try {
+        leaders = (JSON.parse(req.data.toString('utf8')) as { Leaders?: unknown }).Leaders;
+      } catch {
+        return errReply(req, Result.ArgMismatch, 'DataNodeHeartbeat: body is not JSON');
+      }
+      if (leaders && typeof leaders === 'object') {
+        for (const [pid, addr] of Object.entries(leaders as Record<string, unknown>)) {
+          if (typeof addr === 'string') this.leaders.set(Number(pid), addr);
+        }
+      }
+    }
     const used = this.used();
     const body = {
       Total: this.capacity,
       Used: used,
       Available: Math.max(0, this.capacity - used),
-      Partitions: [...this.parts.values()].map((p) => ({ PartitionID: p.meta.PartitionID, Used: p.used, ExtentCount: p.extentCount })),
+      Partitions: [...this.parts.values()].map((p) => ({ PartitionID: p.meta.PartitionID, Used: p.used, ExtentCount: p.extentCount, IsLeader: this.leads(p) })),
+      // Ours, for operators and tests (the master ignores it): what this node served and refused.
+      Stats: this.stats,
     };
     return newReply(req, Result.Ok, Buffer.from(JSON.stringify(body)));
   }
@@ -269,17 +324,22 @@ export class DataNode {
     return newReply(req, Result.Ok, undefined, { extentId: id });
   }
 
+  /**
+   * Write `data` here and to `followers` (default: those a leader request names in Arg) through `forward`;
+   * Ok when all have it.
+   */
   private async write(part: ExtentStore, req: Packet, data: Buffer = req.data,
-    forward: (followers: string[], fwd: Packet) => Promise<void> = (f, fwd) => this.forward(f, fwd)): Promise<Packet> {
+    forward: (followers: string[], fwd: Packet) => Promise<void> = (f, fwd) => this.forward(f, fwd),
+    followers: string[] = leaderFollowers(req)): Promise<Packet> {
     this.counters.writes++;
     if (data.length !== req.size) return errReply(req, Result.Err, `write size ${req.size} but ${data.length} data bytes`);
     const crc = crc32(data);
     if (crc !== req.crc >>> 0) {
       return errReply(req, Result.Err, `datanode ${this.address}: crc mismatch: packet 0x${(req.crc >>> 0).toString(16)}, data 0x${crc.toString(16)}`);
     }
-    const random = req.opcode === Op.RandomWrite || req.opcode === Op.SyncRandomWrite;
-    const sync = req.opcode === Op.SyncWrite || req.opcode === Op.SyncRandomWrite;
-    const followers = leaderFollowers(req);
+    const random = req.opcode === Op.RandomWrite || req.opcode === Op.SyncRandomWrite
+      || req.opcode === Op.ReplicateRandomWrite || req.opcode === Op.ReplicateSyncRandomWrite;
+    const sync = req.opcode === Op.SyncWrite || req.opcode === Op.SyncRandomWrite || req.opcode === Op.ReplicateSyncRandomWrite;
     let extentId = req.extentId;
     let extentOffset = req.extentOffset;
     const tinyAlloc = !random && extentId === 0 && !(req.extentType & ExtentType.Normal);
@@ -318,6 +378,32 @@ export class DataNode {
       await local;
     }
     return newReply(req, Result.Ok, undefined, { extentId, extentOffset, remainingFollowers: req.remainingFollowers });
+  }
+
+  /**
+   * A RandomWrite at the raft leader: applied here and replicated to every other host (ReplicateRandomWrite),
+   * Ok once all have it. Overlapping overwrites of one extent run one after another, so the replicas apply
+   * them in the same order (raft's log order, upstream).
+   */
+  private async overwrite(part: ExtentStore, req: Packet, data: Buffer,
+    forward: (followers: string[], fwd: Packet) => Promise<void>): Promise<Packet> {
+    const followers = part.meta.Hosts.filter((h) => h !== this.address);
+    const repl = req.opcode === Op.SyncRandomWrite ? Op.ReplicateSyncRandomWrite : Op.ReplicateRandomWrite;
+    const start = req.extentOffset, end = req.extentOffset + data.length;
+    const key = `${part.meta.PartitionID}/${req.extentId}`;
+    let list = this.overwrites.get(key);
+    if (!list) this.overwrites.set(key, (list = []));
+    const before = list.filter((o) => o.start < end && start < o.end).map((o) => o.done.catch(() => undefined));
+    const done = Promise.all(before).then(() => this.write(part, req, data, (f, fwd) => forward(f, { ...fwd, opcode: repl }), followers));
+    const entry = { start, end, done };
+    list.push(entry);
+    try {
+      return await done;
+    } finally {
+      const i = list.indexOf(entry);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) this.overwrites.delete(key);
+    }
   }
 
   /** An error reply for a read request that cannot be served, or null. */
@@ -441,7 +527,11 @@ export class DataNode {
       case Op.Write:
       case Op.SyncWrite:
       case Op.RandomWrite:
-      case Op.SyncRandomWrite: {
+      case Op.SyncRandomWrite:
+      case Op.ReplicateRandomWrite:
+      case Op.ReplicateSyncRandomWrite: {
+        const overwrite = req.opcode === Op.RandomWrite || req.opcode === Op.SyncRandomWrite;
+        if (overwrite && !this.leads(part)) return this.notLeader(req, NOT_LEADER_WRITE);
         if (!b.desc) return errReply(req, Result.Err, `datanode ${this.address}: a write over RDMA needs a descriptor`);
         if (req.size <= 0 || req.size > b.desc.len || req.size > r.pool.maxBlock) {
           return errReply(req, Result.ArgMismatch, `datanode ${this.address}: write of ${req.size} bytes (descriptor ${b.desc.len}, at most ${r.pool.maxBlock})`);
@@ -450,7 +540,9 @@ export class DataNode {
         const buf = await poolBuffer(r.pool, req.size, timeoutMs);
         try {
           await b.conn.read(b.desc, buf, { len: req.size, timeoutMs });
-          return await this.write(part, { ...req, data: buf }, buf, (followers, fwd) => this.forwardRdma(followers, fwd, buf));
+          const forward = (followers: string[], fwd: Packet): Promise<void> => this.forwardRdma(followers, fwd, buf);
+          if (overwrite) return await this.overwrite(part, { ...req, data: buf }, buf, forward);
+          return await this.write(part, { ...req, data: buf }, buf, forward);
         } finally {
           r.pool.free(buf);
         }
@@ -458,6 +550,7 @@ export class DataNode {
       case Op.Read:
       case Op.StreamRead:
       case Op.StreamFollowerRead: {
+        if (req.opcode !== Op.StreamFollowerRead && !this.leads(part)) return this.notLeader(req, NOT_LEADER_READ);
         if (!b.desc) return errReply(req, Result.Err, `datanode ${this.address}: a read over RDMA needs a descriptor`);
         this.counters.reads++;
         const bad = this.checkRead(part, req, Math.min(r.pool.maxBlock, b.desc.len));

@@ -60,6 +60,8 @@ interface Running {
   dir: string;
   addr: string;
   child?: ChildProcess;
+  /** The command line of a node process (revive() starts it again). */
+  args?: string[];
   inproc?: { stop(): Promise<void> };
   stopping: boolean;
 }
@@ -144,6 +146,7 @@ export class EmbeddedCluster {
       if (role === 'datanode' && this.opts.datanodeCapacity) args.push('--capacity', String(this.opts.datanodeCapacity));
       if (role === 'datanode' && this.opts.rdma) args.push('--rdma', this.opts.rdma);
       if (role === 'master' && this.opts.heartbeatMs) args.push('--heartbeat-ms', String(this.opts.heartbeatMs));
+      run.args = args;
       run.addr = await this.spawnNode(run, args);
     }
     this.nodes.push(run);
@@ -208,6 +211,16 @@ export class EmbeddedCluster {
   /** The process of a node (tests kill it). */
   pid(role: Role, index = 0): number | undefined {
     return this.nodes.find((n) => n.role === role && n.index === index)?.child?.pid;
+  }
+
+  /** Start a node process again that was killed without supervision (same address, same data). */
+  async revive(role: Role, index = 0): Promise<void> {
+    const n = this.nodes.find((x) => x.role === role && x.index === index);
+    if (!n?.child || !n.args) throw new CubeFSError(ErrorCode.Invalid, `no ${role} ${index} process to revive`);
+    if (n.child.exitCode === null && n.child.signalCode === null) throw new CubeFSError(ErrorCode.Invalid, `${role} ${index} is still running`);
+    const args = [...n.args];
+    args[args.indexOf('--listen') + 1] = n.addr;
+    await this.spawnNode(n, args);
   }
 
   /** Send a signal to a node process; with supervision on, it comes back by itself. */

@@ -10,6 +10,14 @@
  * not persisted (a metanode's heartbeat carries the data partitions, for deleting released extents): a data partition with a host that missed its last heartbeat reports Status 1
  * (read-only), a meta partition whose metanode missed it reports -1 (unavailable), until they answer.
  *
+ * Raft leaders: a real data partition has a raft leader (LeaderAddr) that serves StreamRead and RandomWrite
+ * and is not always Hosts[0]. Here the master plays raft's election: each data partition gets a leader at
+ * creation (spread over its hosts, so many are not Hosts[0]), kept in master.json; when the leader misses a
+ * heartbeat, the next of its hosts that answers takes over (persisted, logged). Every DataNodeHeartbeat
+ * tells a datanode the leaders of its partitions, and a round runs at once after an election, so the
+ * datanodes know whom to refuse (datanode.ts). Every replica has every acknowledged write (the leader
+ * replicates to all before it answers), so any live replica may lead.
+ *
  * Replies copy upstream's shapes key by key (golden/cubefs-real/*.json) and its error convention:
  * HTTP 200 with a non-zero envelope code (7 vol not exists, 34 auth key mismatch, 12 duplicate vol).
  * The last meta partition ends at 2^63-1; that End is written as exact digits, which JSON.stringify
@@ -76,8 +84,10 @@ interface MpRecord {
 
 interface DpRecord {
   id: number;
-  /** hosts[0] is the leader. */
+  /** hosts[0] takes appends (CreateExtent, Write) and replicates them to the others. */
   hosts: string[];
+  /** The raft leader: StreamRead and RandomWrite go here (may be any of hosts). */
+  leader?: string;
 }
 
 interface VolRecord {
@@ -240,6 +250,8 @@ export class Master {
     }
     const s = JSON.parse(text) as MasterState;
     if (s.version !== 1 || !Array.isArray(s.vols)) throw new Error(`${this.statePath()}: not a master state file (version ${String(s.version)})`);
+    // A state written before leaders were kept: give each data partition its first leader (saved with the next change).
+    for (const v of s.vols) for (const dp of v.dps) dp.leader ??= firstLeader(dp.id, dp.hosts);
     return s;
   }
 
@@ -302,7 +314,8 @@ export class Master {
     for (let i = 0; i < nDps; i++) {
       const hosts: string[] = [];
       for (let r = 0; r < replicaNum; r++) hosts.push(dn[(i + r) % dn.length]!);
-      dps.push({ id: s.maxDpId + 1 + i, hosts });
+      const id = s.maxDpId + 1 + i;
+      dps.push({ id, hosts, leader: firstLeader(id, hosts) });
     }
 
     for (const mp of mps) {
@@ -310,7 +323,7 @@ export class Master {
       for (const addr of mp.members) await this.adminOp(addr, Op.CreateMetaPartition, mp.id, body, `create meta partition ${mp.id}`);
     }
     await Promise.all(dps.flatMap((dp) => {
-      const body = JSON.stringify({ VolName: name, PartitionID: dp.id, Hosts: dp.hosts });
+      const body = JSON.stringify({ VolName: name, PartitionID: dp.id, Hosts: dp.hosts, Leader: dp.leader });
       return dp.hosts.map((addr) => this.adminOp(addr, Op.CreateDataPartition, dp.id, body, `create data partition ${dp.id}`));
     }));
 
@@ -327,12 +340,14 @@ export class Master {
       mps,
       dps,
     };
+    // From the state as it is now: an election may have moved leaders while the partitions were created.
+    const cur = this.state ?? s;
     const next: MasterState = {
-      ...s,
+      ...cur,
       maxVolId: vol.id,
       maxMpId: s.maxMpId + mps.length,
       maxDpId: s.maxDpId + dps.length,
-      vols: [...s.vols, vol],
+      vols: [...cur.vols, vol],
     };
     this.persist(next);
     this.state = next;
@@ -374,7 +389,7 @@ export class Master {
     const one = async (addr: string, op: Op): Promise<unknown> => {
       const pool = this.pool;
       if (!pool) throw new Error('stopped');
-      const data = op === Op.MetaNodeHeartbeat ? dataViews : undefined;
+      const data = op === Op.MetaNodeHeartbeat ? dataViews : this.leadersFor(addr);
       const reply = await pool.request(addr, newPacket({ opcode: op, reqId: nextReqId(), ...(data ? { data } : {}) }), { timeoutMs });
       if (reply.resultCode !== Result.Ok) throw new Error(`heartbeat answered ${resultName(reply.resultCode)}`);
       return reply.data.length > 0 ? JSON.parse(reply.data.toString('utf8')) : {};
@@ -412,6 +427,50 @@ export class Master {
         }
       }),
     ]);
+    if (this.elect()) {
+      // Tell the datanodes now, not a heartbeat later: until then the new leader refuses to lead.
+      await Promise.all(this.opts.datanodes.filter((a) => this.isAlive(a)).map((addr) => one(addr, Op.DataNodeHeartbeat).catch(() => undefined)));
+    }
+  }
+
+  /** DataNodeHeartbeat body: the leader of each data partition `addr` holds. */
+  private leadersFor(addr: string): Buffer {
+    const leaders: Record<string, string> = {};
+    for (const v of this.state?.vols ?? []) for (const dp of v.dps) if (dp.hosts.includes(addr)) leaders[dp.id] = dp.leader ?? '';
+    return Buffer.from(JSON.stringify({ Leaders: leaders }));
+  }
+
+  /**
+   * Data partitions whose leader missed its heartbeat get the next of their hosts that answered as leader
+   * (raft's election; any replica will do, as each has every acknowledged write). True when one changed;
+   * the state is saved first.
+   */
+  private elect(): boolean {
+    const s = this.state;
+    if (!s || this.stopped) return false;
+    const moves: string[] = [];
+    const vols = s.vols.map((v) => ({
+      ...v,
+      dps: v.dps.map((dp) => {
+        if (dp.leader && this.isAlive(dp.leader)) return dp;
+        const from = Math.max(0, dp.hosts.indexOf(dp.leader ?? ''));
+        const next = [...dp.hosts.slice(from + 1), ...dp.hosts.slice(0, from + 1)].find((h) => this.isAlive(h));
+        if (!next || next === dp.leader) return dp;
+        moves.push(`data partition ${dp.id}: leader ${dp.leader ?? '(none)'} not answering, ${next} leads now`);
+        return { ...dp, leader: next };
+      }),
+    }));
+    if (moves.length === 0) return false;
+    const next: MasterState = { ...s, vols };
+    try {
+      this.persist(next);
+    } catch (e) {
+      log('leader election not saved (%s); leaders unchanged', (e as Error).message);
+      return false;
+    }
+    this.state = next;
+    for (const m of moves) log('%s', m);
+    return true;
   }
 
   private isAlive(addr: string): boolean {
@@ -450,7 +509,7 @@ export class Master {
       Status: dp.hosts.every((a) => this.isAlive(a)) ? 2 : 1,
       ReplicaNum: dp.hosts.length,
       Hosts: dp.hosts,
-      LeaderAddr: dp.hosts[0] ?? '',
+      LeaderAddr: dp.leader ?? dp.hosts[0] ?? '',
       Epoch: 0,
       IsRecover: false,
       IsDiscard: false,
@@ -806,6 +865,11 @@ export class Master {
 }
 
 class NotFound extends Error {}
+
+/** The leader a new data partition starts with: its hosts in turn by partition id, so Hosts[0] leads only some. */
+function firstLeader(id: number, hosts: string[]): string {
+  return hosts[id % hosts.length] ?? '';
+}
 
 /** "host:port" where port may be 0 (any free port). */
 function listenAddr(a: string): { host: string; port: number } {

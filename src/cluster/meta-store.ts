@@ -37,6 +37,8 @@ export interface InodeRec {
   /** Symlink target, base64, or null. */
   tgt: string | null;
   eks: ExtentKey[];
+  /** An extent has been recorded at least once (upstream's inode has an extent list only from then on). */
+  extentList?: boolean;
   /** xattr name -> value (the JSON string upstream carries). */
   xattrs: Record<string, string>;
 }

@@ -12,6 +12,15 @@
  * Space: extents no inode refers to any more (an evicted inode's, a truncated or overwritten range's) go to
  * the partition's garbage and are deleted on the datanodes a little later (reclaimer.ts).
  *
+ * Where upstream's metanode does something surprising, this one does the same, so the client is tested
+ * against it: reading an inode (InodeGet, BatchInodeGet, ExtentsList) sets its atime to now (upstream's
+ * getInode, "nothing is depending on atime"), so an atime set in the past does not survive the next
+ * stat; a Truncate of an inode that never had an extent recorded changes nothing and answers Ok (upstream
+ * keeps no extent list until the first extent is added, and ExtentsTruncate does nothing without one).
+ * Each meta partition has one member, this metanode, which leads it: upstream's non-leader cases (the
+ * request proxied to the leader, or Again "no leader") do not arise; a partition it does not host is
+ * answered Err, as upstream's current metanode does.
+ *
  * Valid replies: Ok with upstream's body; NotExist (unknown partition, inode, dentry or transaction),
  * Exist, NotEmpty, ArgMismatch (malformed body, wrong types), InodeFull, ConflictExtents, TxConflict.
  */
@@ -131,7 +140,7 @@ export class MetaNode {
     if (op === 0x40) return this.createPartition(b);
     if (op === Op.TxCommit || op === Op.TxRollback) return this.txApply(req, b);
     const p = this.store.partitions.get(req.partitionId);
-    if (!p) throw new Reject(Result.NotExist, `meta partition ${req.partitionId} is not hosted on this metanode`);
+    if (!p) throw new Reject(Result.Err, `meta partition ${req.partitionId} is not hosted on this metanode`);
     const fx: Effect[] = [];
     switch (op) {
       case Op.MetaCreateInode: return { body: this.createInode(p, b, fx), effects: fx };
@@ -147,14 +156,14 @@ export class MetaNode {
         const d = p.dir(num(b, 'pino'), false);
         return { body: { children: d?.list(str(b, 'marker', ''), num(b, 'limit', 0)) ?? [] }, effects: fx };
       }
-      case Op.MetaInodeGet: return { body: { info: inodeInfo(this.inode(p, num(b, 'ino'))) }, effects: fx };
+      case Op.MetaInodeGet: return { body: { info: inodeInfo(this.read(p, num(b, 'ino'))) }, effects: fx };
       case Op.MetaBatchInodeGet: {
         const inos = b.inos;
         if (!Array.isArray(inos)) throw new Reject(Result.ArgMismatch, 'inos must be an array');
         const infos = [];
         for (const x of inos) {
           const r = typeof x === 'number' ? p.inodes.get(x) : undefined;
-          if (r) infos.push(inodeInfo(r));
+          if (r) infos.push(inodeInfo(touched(r)));
         }
         return { body: { infos }, effects: fx };
       }
@@ -187,7 +196,7 @@ export class MetaNode {
         return { effects: fx };
       }
       case Op.MetaExtentsList: {
-        const r = this.inode(p, num(b, 'ino'));
+        const r = this.read(p, num(b, 'ino'));
         return { body: { gen: r.gen, sz: r.sz, eks: r.eks.length ? r.eks.map(wireEk) : null, layer: null, Status: 0, leaseExpireTime: 0 }, effects: fx };
       }
       case Op.MetaExtentAddWithCheck: this.addExtent(p, b, true, fx); return { effects: fx };
@@ -256,6 +265,11 @@ export class MetaNode {
     const r = p.inodes.get(ino);
     if (!r) throw new Reject(Result.NotExist, `inode ${ino} not found in meta partition ${p.id}`);
     return r;
+  }
+
+  /** An inode being read: its atime becomes now, in memory, as upstream's getInode does (not logged). */
+  private read(p: MetaPartition, ino: number): InodeRec {
+    return touched(this.inode(p, ino));
   }
 
   private createInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
@@ -334,6 +348,8 @@ export class MetaNode {
     const r = this.inode(p, num(b, 'ino'));
     if (!isGoRegular(r.mode)) throw new Reject(Result.ArgMismatch, `inode ${r.ino} is not a regular file`);
     const sz = num(b, 'sz');
+    // Upstream: no extent list yet (nothing ever recorded), so ExtentsTruncate leaves size and times alone.
+    if (!hasExtentList(r)) return;
     const eks: ExtentKey[] = [];
     for (const k of r.eks) {
       if (k.FileOffset >= sz) continue;
@@ -368,6 +384,7 @@ export class MetaNode {
       r.eks = eks;
     }
     r.sz = Math.max(r.sz, ek.FileOffset + ek.Size);
+    r.extentList = true;
     r.gen++;
     r.mt = r.ct = now();
     fx.push({ k: 'I', p: p.id, v: r });
@@ -606,6 +623,18 @@ function dentryName(b: Body): string {
     throw new Reject(Result.ArgMismatch, `bad dentry name ${JSON.stringify(name)}`);
   }
   return name;
+}
+
+/** The inode has had an extent recorded (upstream creates its extent list then). Older logs: any extent. */
+function hasExtentList(r: InodeRec): boolean {
+  return r.extentList === true || r.eks.length > 0;
+}
+
+/** atime := max(atime, now): what upstream's metanode does to every inode it reads. */
+function touched(r: InodeRec): InodeRec {
+  const t = now();
+  if (t > r.at) r.at = t;
+  return r;
 }
 
 /** Permission and setuid/setgid/sticky bits of a Go FileMode (the part chmod may change). */

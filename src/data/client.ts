@@ -1,20 +1,21 @@
 /**
- * DataClient: the data half of the SDK. Owns the connection pool (unless handed one), the partition
+ * DataClient: the data half of the SDK. Owns the datanode connections (a CheckoutPool: one user per
+ * connection at a time, as upstream's), the router (leaders, host health, follower read), the partition
  * selector and one FileStream per open inode (refcounted: open() adds a reference, FileStream.release()
  * drops one). close() flushes every open stream, then closes what it owns.
  */
 import { constants as os } from 'node:os';
-import { ConnPool } from '../transport/tcp.js';
+import { CheckoutPool, type CheckoutStats } from '../transport/checkout-pool.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
 import { RdmaPath, type DataTransportStats, type RdmaPathOptions } from './rdma.js';
 import { PartitionSelector, type DataCore, type DataPartitionSource } from './partitions.js';
+import { Router } from './route.js';
 import { FileStream, type ExtentMetaOps, type StreamHost } from './stream.js';
 import { log } from './partitions.js';
 
 export interface DataClientOptions {
   source: DataPartitionSource;
   meta: ExtentMetaOps;
-  pool?: ConnPool;
   /** Deadline of one request; default 30 s. */
   timeoutMs?: number;
   /** How long a write or read keeps retrying (other partitions, other hosts); default 60 s. */
@@ -23,22 +24,31 @@ export interface DataClientOptions {
   tinyExtents?: boolean;
   /** The RDMA path (docs/rdma.md): built from these options (RdmaPath.create), or given. Default: TCP. */
   rdma?: RdmaPathOptions | RdmaPath | null;
+  /** Reads with StreamFollowerRead from any replica (upstream's followerRead; route.ts). */
+  followerRead?: boolean;
+  /** With followerRead, the nearest replica first (upstream's nearRead). */
+  nearRead?: boolean;
+  /** Idle connections kept per datanode (default 16; each closed after 30 s unused). */
+  maxIdleConns?: number;
 }
 
 export class DataClient implements StreamHost {
   readonly core: DataCore;
   readonly meta: ExtentMetaOps;
-  private readonly ownPool: boolean;
   private readonly streams = new Map<number, FileStream>();
   private closed = false;
   /** TCP data requests when there is no RDMA path (DataCore.tcp). */
   private get tcp(): { writes: number; reads: number } { return this.core.tcpCounters; }
 
   constructor(opts: DataClientOptions) {
-    this.ownPool = !opts.pool;
     this.meta = opts.meta;
+    const route = new Router({ followerRead: opts.followerRead ?? false, nearRead: opts.nearRead ?? false });
     this.core = {
-      pool: opts.pool ?? new ConnPool(8),
+      conns: new CheckoutPool({
+        ...(opts.maxIdleConns !== undefined ? { maxIdle: opts.maxIdleConns } : {}),
+        onConnectError: (addr) => route.hostDown(addr),
+      }),
+      route,
       timeoutMs: opts.timeoutMs ?? 30_000,
       retryBudgetMs: opts.retryBudgetMs ?? 60_000,
       tinyExtents: opts.tinyExtents ?? true,
@@ -56,6 +66,16 @@ export class DataClient implements StreamHost {
     const c = r?.counters ?? { payloadCopies: 0, rdmaWrites: 0, rdmaReads: 0, tcpWrites: 0, tcpReads: 0, rdmaErrors: 0, tcpFallbacks: 0 };
     const st = this.core.staging;
     return { transport: r ? 'rdma' : 'tcp', ...c, ...this.tcpCounters(), stagedWrites: st.writes, stagedBytes: st.bytes, stageSubmits: st.submits, poolInUse: r && !r.pool.closed ? r.pool.stats().inUseBytes : 0 };
+  }
+
+  /** TCP connections to datanodes: opened, reused from the pool, closed after something went wrong. */
+  connStats(): CheckoutStats {
+    return this.core.conns.stats();
+  }
+
+  /** Routing: TryOtherAddr answers, requests another host served, rounds that slept before retrying. */
+  routeStats(): { tryOtherAddr: number; failovers: number; backoffs: number } {
+    return { ...this.core.route.counters };
   }
 
   private tcpCounters(): { tcpWrites: number; tcpReads: number } {
@@ -80,6 +100,16 @@ export class DataClient implements StreamHost {
     return this.streams.get(ino);
   }
 
+  /** Set the size of `ino` (FileStream.truncate), through its open stream or one opened for the purpose. */
+  async truncate(ino: number, size: number): Promise<void> {
+    const s = this.open(ino);
+    try {
+      await s.truncate(size);
+    } finally {
+      await s.release().catch((e: Error) => log('truncate of inode %d: release: %s', ino, e.message));
+    }
+  }
+
   forget(s: FileStream): void {
     if (this.streams.get(s.ino) === s) this.streams.delete(s.ino);
   }
@@ -91,7 +121,7 @@ export class DataClient implements StreamHost {
       await s.flush().catch((e: Error) => log('close: flush of inode %d failed: %s', s.ino, e.message));
       s.shutdown();
     }
-    if (this.ownPool) this.core.pool.close();
+    this.core.conns.close();
     this.core.rdma?.close();
   }
 }

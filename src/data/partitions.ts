@@ -1,14 +1,15 @@
 /**
- * Choosing data partitions for new extents, with a short exclusion list, and the retry helpers the
- * data path shares.
+ * Choosing data partitions for new extents, with a short exclusion list, and the state and retry helpers
+ * the data path shares (DataCore).
  *
  * A partition that failed a write is excluded for EXCLUDE_MS. When every read-write partition is
  * excluded the selector waits (growing, bounded by the caller's deadline), refreshes the source and
  * forgets the exclusions: a datanode that was down may be back.
  */
 import { PartitionStatus, Result, resultRetryable, type DataPartitionView, type Packet } from '../proto/index.js';
-import type { ConnPool } from '../transport/tcp.js';
+import type { CheckoutPool } from '../transport/checkout-pool.js';
 import type { RdmaPath } from './rdma.js';
+import type { Router } from './route.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
 import { logger } from '../util/log.js';
 
@@ -23,7 +24,10 @@ export interface DataPartitionSource {
 
 /** What the writers and readers of every stream share (owned by DataClient). */
 export interface DataCore {
-  readonly pool: ConnPool;
+  /** TCP connections to datanodes, one user at a time (upstream's StreamConnPool). */
+  readonly conns: CheckoutPool;
+  /** Leaders, host health, follower read: where a request goes (route.ts). */
+  readonly route: Router;
   readonly timeoutMs: number;
   readonly retryBudgetMs: number;
   readonly tinyExtents: boolean;
@@ -73,6 +77,11 @@ export class PartitionSelector {
     }
   }
 
+  /** The view of partition `pid` as last fetched, or undefined. */
+  current(pid: number): DataPartitionView | undefined {
+    return this.source.dataPartitions().find((p) => p.PartitionID === pid);
+  }
+
   /** The view of partition `pid`, refreshing the source once if it is not known. */
   async get(pid: number): Promise<DataPartitionView> {
     let dp = this.source.dataPartitions().find((p) => p.PartitionID === pid);
@@ -93,7 +102,7 @@ export function backoffMs(attempt: number): number {
   return Math.min(100 * 2 ** attempt, 2_000);
 }
 
-/** "h1:p/h2:p/": the followers of a partition, as upstream's client puts them in Arg. */
+/** "h1:p/h2:p/": the followers of a partition, as upstream's client puts them in Arg of appends. */
 export function followerArg(dp: DataPartitionView): Buffer {
   return Buffer.from(dp.Hosts.slice(1).map((h) => `${h}/`).join(''));
 }

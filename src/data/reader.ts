@@ -1,20 +1,25 @@
 /**
- * Reading one extent range: StreamRead to the partition leader (Hosts[0]) first, the other hosts on a
- * failure, TryOtherAddr or a bad CRC. The reply is several packets of <= 128 KiB, each with its own CRC
- * and ExtentOffset; they are checked and copied into the caller's buffer as they arrive.
+ * Reading one extent range.
  *
- * Retries: network errors and retryable results (Again, Err, TryOtherAddr, LimitedIo) go round the
- * hosts with a growing sleep until the retry budget is spent. A CRC mismatch on every host is final:
- * CubeFSError CrcMismatch.
+ * StreamRead goes to the partition's leader (route.ts: upstream's rules; a replica that is not the leader
+ * answers TryOtherAddr, and the next host is tried at once). With follower read it is StreamFollowerRead to
+ * any replica. Over TCP the reply is several packets of <= 128 KiB, each with its own CRC and ExtentOffset;
+ * they are checked and copied into the caller's buffer as they arrive. A connection whose stream was cut
+ * short (an error packet, a bad packet) is closed, never reused.
  *
- * Over RDMA (core.rdma reaches the host): one StreamRead block carrying the descriptor of an empty pool
+ * A CRC mismatch from the leader is not final: the range is read again from each other replica with
+ * StreamFollowerRead (which any replica serves), and only a mismatch on every replica is CubeFSError
+ * CrcMismatch.
+ *
+ * Over RDMA (core.rdma reaches the host): one request block carrying the descriptor of an empty pool
  * buffer; the datanode RDMA-Writes the range into it and answers on the same QP with Size and the CRC of
  * the whole range, checked here; then the one copy into the caller's buffer, and the pool buffer goes back.
  */
-import { crc32, ExtentType, newPacket, Op, Result, type Packet } from '../proto/index.js';
+import { crc32, ExtentType, newPacket, Op, Result, type DataPartitionView, type Packet } from '../proto/index.js';
 import { nextReqId } from '../transport/reqid.js';
-import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { backoffMs, countTcp, isRetryable, log, replyError, type DataCore } from './partitions.js';
+import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { countTcp, log, replyError, type DataCore } from './partitions.js';
+import { toPartition, verdictOf } from './route.js';
 
 export interface ExtentRange {
   partitionId: number;
@@ -28,36 +33,52 @@ class CrcError extends CubeFSError {}
 /** Read `r` into dst[dstOffset, dstOffset + r.size). */
 export async function readExtent(core: DataCore, r: ExtentRange, dst: Buffer, dstOffset: number): Promise<void> {
   const deadline = Date.now() + core.retryBudgetMs;
-  let lastErr: Error | undefined;
-  for (let round = 0; ; round++) {
-    const dp = await core.parts.get(r.partitionId);
-    let crcFailures = 0, missing = 0;
-    for (const host of dp.Hosts) {
-      try {
-        await readFrom(core, host, r, dst, dstOffset);
-        return;
-      } catch (e) {
-        lastErr = e as Error;
-        log('read partition %d extent %d from %s: %s', r.partitionId, r.extentId, host, lastErr.message);
-        if (e instanceof CrcError) crcFailures++;
-        else if (e instanceof CubeFSError && e.result === Result.NotExist) missing++;
-        else if (!isRetryable(e)) throw e;
-      }
-    }
-    if (crcFailures === dp.Hosts.length) {
-      throw new CubeFSError(ErrorCode.CrcMismatch, `read partition ${r.partitionId} extent ${r.extentId}: CRC mismatch on every replica (${lastErr?.message})`, { cause: lastErr });
-    }
-    if (missing === dp.Hosts.length) throw lastErr!;
-    if (Date.now() >= deadline) throw lastErr ?? new CubeFSError(ErrorCode.Timeout, `read partition ${r.partitionId}: retry budget spent`);
-    await sleep(backoffMs(round));
-    await core.parts.refresh().catch(() => undefined);
+  const follower = core.route.followerRead;
+  const what = `read partition ${r.partitionId} extent ${r.extentId} [${r.extentOffset}, ${r.extentOffset + r.size})`;
+  let bad: { host: string; err: CrcError } | null = null;
+  try {
+    await toPartition(core, {
+      pid: r.partitionId, what, deadline,
+      ...(follower ? { first: (dp: DataPartitionView) => core.route.followerHost(dp), served: () => undefined } : {}),
+      attempt: (host) => readFrom(core, host, r, dst, dstOffset, follower ? Op.StreamFollowerRead : Op.StreamRead),
+      judge: (e, host) => {
+        if (!(e instanceof CrcError)) return verdictOf(e);
+        bad = { host, err: e };
+        return 'final';
+      },
+    });
+  } catch (e) {
+    if (!bad) throw e;
+    await fromOtherReplicas(core, r, dst, dstOffset, bad);
   }
 }
 
-async function readFrom(core: DataCore, host: string, r: ExtentRange, dst: Buffer, dstOffset: number): Promise<void> {
-  const tiny = r.extentId >= 1 && r.extentId <= 64;
+/** The leader's copy failed its CRC: any other replica's will do (StreamFollowerRead). */
+async function fromOtherReplicas(core: DataCore, r: ExtentRange, dst: Buffer, dstOffset: number, bad: { host: string; err: CrcError }): Promise<void> {
+  const dp = await core.parts.get(r.partitionId);
+  const others = dp.Hosts.filter((h) => h !== bad.host);
+  let mismatches = 1;
+  let lastErr: Error = bad.err;
+  for (const host of others) {
+    try {
+      await readFrom(core, host, r, dst, dstOffset, Op.StreamFollowerRead);
+      log('read partition %d extent %d: CRC mismatch on %s, read from %s instead', r.partitionId, r.extentId, bad.host, host);
+      return;
+    } catch (e) {
+      lastErr = e as Error;
+      if (e instanceof CrcError) mismatches++;
+    }
+  }
+  const every = mismatches === dp.Hosts.length;
+  throw new CubeFSError(ErrorCode.CrcMismatch,
+    `read partition ${r.partitionId} extent ${r.extentId}: CRC mismatch ${every ? 'on every replica' : `on ${bad.host}, and no other replica served it`} (${lastErr.message})`,
+    { cause: lastErr });
+}
+
+async function readFrom(core: DataCore, host: string, r: ExtentRange, dst: Buffer, dstOffset: number, opcode: Op): Promise<void> {
+  // Upstream sends reads as normal-extent packets whatever the extent (a tiny extent too).
   const req = newPacket({
-    opcode: Op.StreamRead, extentType: tiny ? ExtentType.Tiny : ExtentType.Normal, partitionId: r.partitionId,
+    opcode, extentType: ExtentType.Normal, partitionId: r.partitionId,
     extentId: r.extentId, extentOffset: r.extentOffset, kernelOffset: 0, reqId: nextReqId(), size: r.size,
   });
   const what = `read partition ${r.partitionId} extent ${r.extentId} [${r.extentOffset}, ${r.extentOffset + r.size}) from ${host}`;
@@ -110,8 +131,14 @@ async function readFrom(core: DataCore, host: string, r: ExtentRange, dst: Buffe
     got += p.data.length;
     return got >= r.size;
   };
-  const conn = await core.pool.get(host);
-  await conn.request(req, { timeoutMs: core.timeoutMs, onReply });
-  // the rest of a stream cut short arrives for a forgotten ReqID and is dropped by the connection
+  const conn = await core.conns.acquire(host);
+  let healthy = false;
+  try {
+    await conn.request(req, { timeoutMs: core.timeoutMs, onReply });
+    // Read to its end and Ok: the connection may serve the next request. Anything else closes it.
+    healthy = failure === null;
+  } finally {
+    core.conns.release(conn, healthy);
+  }
   if (failure) throw failure;
 }

@@ -10,8 +10,12 @@
  *
  * Dispatch of a write (mapping, choosing writers, sending) is synchronous after its awaits, so two
  * writes never interleave their packets on an extent writer. Covered ranges are overwritten in place
- * (RandomWrite); holes are appended to the current extent writer when contiguous with it, else to a
- * new one; a file's first write that ends within 1 MiB goes to tiny extents.
+ * (RandomWrite to the partition's leader); holes are appended to the current extent writer when contiguous
+ * with it, else to a new one. Extent layout as upstream's (stream_writer.go GetStoreMod): only a hole at
+ * file offset 0 of at most 1 MiB goes to a tiny extent, as one packet; everything else to normal extents.
+ *
+ * Failures reach the application as upstream's client reports them: EIO, or ENOSPC when the cluster is
+ * full (asWriteFailure).
  *
  * Write-behind (upstream's ExtentHandler gathers writes into packets the same way): a write that asks for
  * it (`stage`), is not sync and is at most STAGE_MAX_WRITE (one TCP packet's payload) is copied into the stream's staging buffer and
@@ -23,16 +27,31 @@
  * is recorded), staged or not, and a failure of a staged run is reported by the next write and by flush
  * (fsync, close), as upstream reports it. Larger writes are never copied.
  */
+import { constants as osc } from 'node:os';
 import type { ExtentKey } from '../proto/index.js';
 import { MAX_PACKET_DATA } from '../proto/index.js';
+import { CubeFSError, ErrorCode, errnoOf } from '../util/errors.js';
 import { insertKey, keyEnd, mapRange, truncateKeys } from './extent-map.js';
 import { log, type DataCore } from './partitions.js';
 import { readExtent } from './reader.js';
-import { ExtentWriter, newPiece, NoTinyExtent, randomWrite, tinyWrite, TINY_SIZE_LIMIT, type WritePiece, type WriterOwner } from './writer.js';
+import { ExtentWriter, newPiece, NoTinyExtent, randomWrite, tinyWrite, TINY_SIZE_LIMIT, type WriterOwner } from './writer.js';
 
 export interface ExtentMetaOps {
   listExtents(ino: number): Promise<{ gen: number; size: number; extents: ExtentKey[] }>;
   appendExtentKey(ino: number, ek: ExtentKey, discard?: ExtentKey[]): Promise<void>;
+  truncate(ino: number, size: number): Promise<void>;
+}
+
+const E = osc.errno;
+
+/** A failed write as the application sees it: ENOSPC when the cluster is out of space, else EIO, as upstream's client. */
+export function asWriteFailure(e: unknown): CubeFSError {
+  const errno = errnoOf(e) === E.ENOSPC ? E.ENOSPC : E.EIO;
+  if (e instanceof CubeFSError) {
+    if (e.errno === errno) return e;
+    return new CubeFSError(e.code, e.message, { errno, ...(e.result !== undefined ? { result: e.result } : {}), retryable: e.retryable, cause: e });
+  }
+  return new CubeFSError(ErrorCode.Result, (e as Error)?.message ?? String(e), { errno, cause: e });
 }
 
 /** Bytes one StreamRead asks for (the reply comes as <= 128 KiB packets). */
@@ -53,8 +72,6 @@ interface Stage {
   fileOffset: number;
   buf: Buffer;
   len: number;
-  /** Started as the file's first data (the run may go to tiny extents). */
-  first: boolean;
   /** `buf` is a pool buffer (freed when the run settles). */
   pooled: boolean;
   timer: NodeJS.Timeout;
@@ -103,11 +120,6 @@ export class FileStream implements WriterOwner {
     return this.fileSize;
   }
 
-  /** Nothing written yet, by anyone, and nothing on the way: the next data is the file's first. */
-  private get untouched(): boolean {
-    return this.keys.length === 0 && this.fileSize === 0 && this.handler === null && this.inflight.size === 0 && this.dirty.size === 0;
-  }
-
   /** Fetch keys and size from the metanode (once; again after truncated()). */
   load(): Promise<void> {
     if (this.loaded) return Promise.resolve();
@@ -153,30 +165,30 @@ export class FileStream implements WriterOwner {
       this.submitStage();
       await this.waitInflight(offset, end);
     } while (this.stage);
-    const done = this.dispatch(offset, data, opts.sync ?? false, false);
+    const done = this.dispatch(offset, data, opts.sync ?? false, true);
     try {
       await done;
     } catch (e) {
-      this.writeError ??= e as Error;
-      throw e;
+      const f = asWriteFailure(e);
+      this.writeError ??= f;
+      throw f;
     }
   }
 
   /**
    * Map [offset, +data) and send it: synchronous up to the sends, so writes never interleave on a writer.
-   * Settles when every piece has; rejects with the first failure. `first`: the data is the file's first.
+   * Settles when every piece has; rejects with the first failure. `tinyOk`: a hole at offset 0 of at most
+   * 1 MiB may go to a tiny extent (upstream's rule; a full staging buffer is the head of a larger file).
    */
-  private dispatch(offset: number, data: Buffer, sync: boolean, first: boolean): Promise<void> {
+  private dispatch(offset: number, data: Buffer, sync: boolean, tinyOk: boolean): Promise<void> {
     const end = offset + data.length;
     const core = this.core;
     const deadline = Date.now() + core.retryBudgetMs;
-    first ||= this.untouched;
-    const useTiny = core.tinyExtents && first && end <= TINY_SIZE_LIMIT;
     const jobs: Promise<void>[] = [];
     for (const seg of mapRange(this.keys, offset, data.length)) {
       const slice = data.subarray(seg.fileOffset - offset, seg.fileOffset - offset + seg.size);
       if (seg.key) jobs.push(randomWrite(core, seg.key, seg.fileOffset, slice, sync, deadline));
-      else if (useTiny) jobs.push(this.writeTiny(seg.fileOffset, slice, sync, deadline));
+      else if (tinyOk && core.tinyExtents && seg.fileOffset === 0 && seg.size <= TINY_SIZE_LIMIT) jobs.push(this.writeTiny(slice, sync, deadline));
       else jobs.push(...this.append(seg.fileOffset, slice, sync, deadline));
     }
     // Settled only when every piece is (a pool buffer must not go back while a replica may still read it).
@@ -218,10 +230,9 @@ export class FileStream implements WriterOwner {
     } else {
       buf = this.core.spareStages.pop() ?? Buffer.allocUnsafe(STAGE_BYTES);
     }
-    const first = this.untouched;
     const timer = setTimeout(() => this.submitStage(), STAGE_IDLE_MS);
     timer.unref();
-    this.stage = { fileOffset: offset, buf, len: 0, first, pooled: pool !== undefined, timer };
+    this.stage = { fileOffset: offset, buf, len: 0, pooled: pool !== undefined, timer };
     return this.appendToStage(offset, data);
   }
 
@@ -246,12 +257,11 @@ export class FileStream implements WriterOwner {
       return;
     }
     this.core.staging.submits++;
-    // A full stage is the head of a larger file: tiny extents only for a first run that ended on its own.
-    const first = st.first && st.len < st.buf.length;
-    const run = this.dispatch(st.fileOffset, st.buf.subarray(0, st.len), false, first).then(
+    // A full stage is the head of a larger file: a tiny extent only for a run that ended on its own.
+    const run = this.dispatch(st.fileOffset, st.buf.subarray(0, st.len), false, st.len < st.buf.length).then(
       () => undefined,
       (e: Error) => {
-        this.writeError ??= e;
+        this.writeError ??= asWriteFailure(e);
         log('ino %d: staged run %d+%d failed: %s', this.ino, st.fileOffset, st.len, e.message);
       },
     ).finally(() => {
@@ -305,7 +315,7 @@ export class FileStream implements WriterOwner {
         await this.host.meta.appendExtentKey(this.ino, ek);
       } catch (e) {
         for (const [t, k] of entries.slice(i)) if (!this.dirty.has(t)) this.dirty.set(t, k);
-        throw e;
+        throw asWriteFailure(e);
       }
       void token;
     }
@@ -314,7 +324,34 @@ export class FileStream implements WriterOwner {
     if (err) throw err;
   }
 
-  /** The caller truncated the file through meta: forget what lies beyond `size`; reload on next use. */
+  /**
+   * Set the file's size (truncate(2), ftruncate(2), O_TRUNC, fallocate's growth). A real metanode ignores a
+   * truncate that extends a file it has never recorded an extent for (the inode has no extent list yet, and
+   * it answers Ok all the same: upstream's client loses that size too, once its cache expires). What it
+   * does honour is an extent key: such a file gets one zero byte at its new end, in a tiny extent, whose
+   * key sets the size. Any other truncate is the metanode's.
+   */
+  async truncate(size: number): Promise<void> {
+    await this.flush();
+    await this.load();
+    if (size > this.fileSize && this.keys.length === 0) {
+      const deadline = Date.now() + this.core.retryBudgetMs;
+      const { piece } = newPiece(size - 1, Buffer.alloc(1), false, deadline);
+      try {
+        const key = await tinyWrite(this.core, piece);
+        await this.host.meta.appendExtentKey(this.ino, key);
+      } catch (e) {
+        if (!(e instanceof NoTinyExtent)) throw asWriteFailure(e);
+        await this.write(size - 1, Buffer.alloc(1));
+        await this.flush();
+      }
+    } else {
+      await this.host.meta.truncate(this.ino, size);
+    }
+    this.truncated(size);
+  }
+
+  /** The file was truncated at the metanode: forget what lies beyond `size`; reload on next use. */
   truncated(size: number): void {
     this.submitStage(); // the caller flushed first; a stage opened since is sent before the truncate settles
     this.keys = truncateKeys(this.keys, size);
@@ -393,30 +430,21 @@ export class FileStream implements WriterOwner {
   }
 
   /**
-   * A file's first small write, to tiny extents: the first packet alone, then the rest in parallel.
-   * When the datanode has no tiny extent to give (DiskNoSpace "no available extent", as a fresh
-   * upstream node answers), the whole write goes to a normal extent instead, as upstream's client does.
+   * A small hole at offset 0, to a tiny extent as one packet (upstream's tiny ExtentHandler). When the
+   * datanode has no tiny extent to give (DiskNoSpace "no available extent", as a fresh upstream node
+   * answers), it goes to a normal extent instead, as upstream's client does.
    */
-  private async writeTiny(fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
-    const pieces: WritePiece[] = [];
-    for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
-      pieces.push(newPiece(fileOffset + o, data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA)), sync, deadline).piece);
-    }
-    const one = async (p: WritePiece): Promise<void> => {
-      const key = await tinyWrite(this.core, p);
-      this.onAck({}, key, key);
-    };
+  private async writeTiny(data: Buffer, sync: boolean, deadline: number): Promise<void> {
+    const { piece } = newPiece(0, data, sync, deadline);
+    let key: ExtentKey;
     try {
-      await one(pieces[0]!);
+      key = await tinyWrite(this.core, piece);
     } catch (e) {
       if (!(e instanceof NoTinyExtent)) throw e;
-      await Promise.all(this.append(fileOffset, data, sync, deadline));
+      await Promise.all(this.append(0, data, sync, deadline));
       return;
     }
-    await Promise.all(pieces.slice(1).map((p) => one(p).catch((e: Error) => {
-      if (!(e instanceof NoTinyExtent)) throw e;
-      return Promise.all(this.append(p.fileOffset, p.data, sync, deadline)).then(() => undefined);
-    })));
+    this.onAck({}, key, key);
   }
 }
 

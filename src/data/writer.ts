@@ -1,16 +1,19 @@
 /**
  * Writers of the data path (upstream sdk/data/stream/extent_handler.go, in our own shape).
  *
- * ExtentWriter appends to one normal extent: it picks a read-write partition, sends CreateExtent to its
- * leader, then pipelines Write packets (<= 128 KiB) on a dedicated connection to that leader. Replies
- * come back in order, so the acknowledged bytes are always a prefix: the writer's key grows with every
- * ack. On the first failure the writer stops, and every unacknowledged piece, in order, moves to a
- * replacement writer on a new extent (another partition: the failed one is excluded for a while);
- * the owner is told so it can route later appends there. A piece fails for good only when its retry
- * budget (from its first send) runs out.
+ * ExtentWriter appends to one normal extent: it picks a read-write partition, takes a pooled connection to
+ * its Hosts[0] for itself, sends CreateExtent on it, then pipelines Write packets (<= 128 KiB) on the same
+ * connection, as upstream's ExtentHandler does; the connection goes back to the pool when the writer
+ * retires, or is closed if anything failed on it. Replies come back in order, so the acknowledged bytes
+ * are always a prefix: the writer's key grows with every ack. On the first failure the writer stops, and
+ * every unacknowledged piece, in order, moves to a replacement writer on a new extent (another partition:
+ * the failed one is excluded for a while); the owner is told so it can route later appends there. A piece
+ * fails for good only when its retry budget (from its first send) runs out.
  *
- * tinyWrite sends one piece to a tiny extent (ExtentID 0; the leader picks extent and offset).
- * randomWrite overwrites inside an existing extent with RandomWrite to the partition leader.
+ * tinyWrite sends one piece of up to 1 MiB as one packet to a tiny extent (ExtentID 0; Hosts[0] picks
+ * extent and offset), as upstream's tiny ExtentHandler does.
+ * randomWrite overwrites inside an existing extent with RandomWrite to the partition's raft leader,
+ * RemainingFollowers 0 and no Arg: the leader replicates it (route.ts).
  *
  * Payloads are the caller's buffers (subarrays), never copied; the caller keeps them unchanged until
  * the piece settles.
@@ -26,7 +29,8 @@ import type { PacketConn } from '../transport/tcp.js';
 import type { RdmaConnection } from '../transport/rdma.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { backoffMs, countTcp, followerArg, isRetryable, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
+import { backoffMs, countTcp, followerArg, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
+import { toPartition } from './route.js';
 
 export const EXTENT_SIZE_LIMIT = 128 * 1024 * 1024;
 export const TINY_SIZE_LIMIT = 1024 * 1024;
@@ -130,7 +134,7 @@ export class ExtentWriter {
     else this.queued.push(p);
   }
 
-  /** No more pieces; the dedicated connection closes when the last one settles. */
+  /** No more pieces; the connection goes back to the pool when the last one settles. */
   retire(): void {
     this.retiring = true;
     this.maybeClose();
@@ -141,20 +145,27 @@ export class ExtentWriter {
     for (let attempt = 0; this.state === 'opening'; attempt++) {
       const deadline = this.queued.length > 0 ? Math.min(...this.queued.map((p) => p.deadline)) : Date.now() + core.retryBudgetMs;
       let dp: DataPartitionView | undefined;
+      let conn: PacketConn | null = null;
       try {
         dp = await core.parts.pick(deadline, this.lastErr);
+        const host = dp.Hosts[0]!;
         const ino = Buffer.alloc(8);
         ino.writeBigUInt64BE(BigInt(this.owner.ino));
         const req = newPacket({
           opcode: Op.CreateExtent, extentType: ExtentType.Normal, partitionId: dp.PartitionID, reqId: nextReqId(),
           arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data: ino,
         });
-        const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
-        if (reply.resultCode !== Result.Ok) throw replyError(reply, `CreateExtent on partition ${dp.PartitionID} (${dp.Hosts[0]})`);
-        const rconn = core.rdma ? await core.rdma.conn(dp.Hosts[0]!) : null;
-        const conn = rconn ? null : await core.pool.dedicated(dp.Hosts[0]!);
+        // CreateExtent and the Writes after it share one pooled connection, this writer's until it retires.
+        conn = await core.conns.acquire(host);
+        const reply = await conn.request(req, { timeoutMs: core.timeoutMs });
+        if (reply.resultCode !== Result.Ok) throw replyError(reply, `CreateExtent on partition ${dp.PartitionID} (${host})`);
+        const rconn = core.rdma ? await core.rdma.conn(host) : null;
+        if (rconn) {
+          core.conns.release(conn, true);
+          conn = null;
+        }
         if (this.retiring && this.queued.length === 0) {
-          conn?.close();
+          if (conn) core.conns.release(conn, true);
           this.state = 'failed';
           return;
         }
@@ -173,6 +184,7 @@ export class ExtentWriter {
         }
         return;
       } catch (e) {
+        if (conn) core.conns.release(conn, false);
         this.lastErr = e as Error;
         if (dp) core.parts.exclude(dp.PartitionID);
         log('ino %d: new extent failed: %s', this.owner.ino, (e as Error).message);
@@ -207,17 +219,27 @@ export class ExtentWriter {
       // a piece cut for RDMA on a writer that ended up on TCP: <= 128 KiB packets, one reply for the piece
       const conn = this.conn!;
       const subs: Promise<Packet>[] = [];
+      const crcs: number[] = [];
       for (let o = 0; o < p.data.length; o += MAX_PACKET_DATA) {
         const d = p.data.subarray(o, Math.min(p.data.length, o + MAX_PACKET_DATA));
+        const crc = crc32(d);
+        crcs.push(crc);
         countTcp(core, 'writes');
-        subs.push(conn.request({ ...req, reqId: nextReqId(), extentOffset: f.extentOffset + o, kernelOffset: p.fileOffset + o, data: d, size: d.length, crc: crc32(d) }, { timeoutMs: core.timeoutMs }));
+        subs.push(conn.request({ ...req, reqId: nextReqId(), extentOffset: f.extentOffset + o, kernelOffset: p.fileOffset + o, data: d, size: d.length, crc }, { timeoutMs: core.timeoutMs }));
       }
-      sent = Promise.all(subs).then((rs) => rs.find((r) => r.resultCode !== Result.Ok) ?? rs[0]!);
+      sent = Promise.all(subs).then((rs) => {
+        const bad = rs.find((r) => r.resultCode !== Result.Ok);
+        if (bad) return bad;
+        // One reply for the piece: Ok, echoing the piece's CRC when every packet echoed its own.
+        return { ...rs[0]!, crc: rs.every((r, i) => r.crc >>> 0 === crcs[i]) ? p.crc : ~p.crc };
+      });
     }
     sent.then(
       (reply) => {
         if (reply.resultCode !== Result.Ok) this.fail(replyError(reply, `write to partition ${dp.PartitionID} extent ${this.extentId} (${dp.Hosts[0]})`));
-        else this.ack(f);
+        else if (reply.partitionId !== dp.PartitionID || reply.crc >>> 0 !== p.crc >>> 0) {
+          this.fail(new CubeFSError(ErrorCode.BadPacket, `write to partition ${dp.PartitionID} extent ${this.extentId}: reply for partition ${reply.partitionId} with CRC 0x${(reply.crc >>> 0).toString(16)}, sent 0x${(p.crc >>> 0).toString(16)}`, { retryable: true }));
+        } else this.ack(f);
       },
       (e: Error) => this.fail(e),
     );
@@ -249,7 +271,8 @@ export class ExtentWriter {
   private fail(e: Error): void {
     if (this.state !== 'open') return;
     this.state = 'failed';
-    this.conn?.close();
+    if (this.conn) this.owner.core.conns.release(this.conn, false);
+    this.conn = null;
     this.rconn = null;
     this.owner.core.parts.exclude(this.dp!.PartitionID);
     const pieces = this.inflight.map((f) => f.piece);
@@ -267,7 +290,7 @@ export class ExtentWriter {
 
   private maybeClose(): void {
     if (this.retiring && this.inflight.length === 0 && this.queued.length === 0 && this.state === 'open') {
-      this.conn?.close();
+      if (this.conn) this.owner.core.conns.release(this.conn, true);
       this.conn = null;
       this.rconn = null;
       this.state = 'failed';
@@ -286,8 +309,9 @@ function isRetryableWrite(e: Error): boolean {
 export class NoTinyExtent extends Error {}
 
 /**
- * One piece to a tiny extent. Resolves with its key; throws NoTinyExtent when the datanode has no
- * tiny extent to give (the caller falls back to a normal extent).
+ * One piece (up to 1 MiB, one packet) to a tiny extent, on a pooled connection to Hosts[0]. Resolves with
+ * its key; throws NoTinyExtent when the datanode has no tiny extent to give (the caller falls back to a
+ * normal extent).
  */
 export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKey> {
   let lastErr: Error | undefined;
@@ -301,7 +325,7 @@ export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKe
         data: p.data, crc: p.crc,
       });
       countTcp(core, 'writes');
-      const reply = await core.pool.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
+      const reply = await core.conns.request(dp.Hosts[0]!, req, { timeoutMs: core.timeoutMs });
       if (reply.resultCode === Result.DiskNoSpace && reply.data.toString('utf8').includes('no available extent')) {
         throw new NoTinyExtent(reply.data.toString('utf8'));
       }
@@ -317,55 +341,56 @@ export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKe
   }
 }
 
-/** Overwrite [fileOffset, +data.length) inside `key`'s extent, <= 128 KiB a packet (1 MiB over RDMA), to the leader. */
+/** Overwrite [fileOffset, +data.length) inside `key`'s extent, <= 128 KiB a packet (1 MiB over RDMA). */
 export async function randomWrite(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
   const jobs: Promise<void>[] = [];
   const max = core.rdma?.maxPiece ?? MAX_PACKET_DATA;
   for (let o = 0; o < data.length; o += max) {
     const chunk = data.subarray(o, Math.min(data.length, o + max));
-    jobs.push(randomWritePacket(core, key, fileOffset + o, chunk, sync, deadline));
+    jobs.push(randomWritePiece(core, key, fileOffset + o, chunk, sync, deadline));
   }
   await Promise.all(jobs);
 }
 
-async function randomWritePacket(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number, tcpOnly = false): Promise<void> {
-  if (tcpOnly && data.length > MAX_PACKET_DATA) {
-    const jobs: Promise<void>[] = [];
-    for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
-      jobs.push(randomWritePacket(core, key, fileOffset + o, data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA)), sync, deadline, true));
-    }
-    await Promise.all(jobs);
-    return;
-  }
-  const crc = crc32(data);
-  const extentOffset = key.ExtentOffset + (fileOffset - key.FileOffset);
-  const tiny = key.ExtentId >= 1 && key.ExtentId <= 64;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const dp = await core.parts.get(key.PartitionId);
-      const req = newPacket({
-        opcode: sync ? Op.SyncRandomWrite : Op.RandomWrite, extentType: tiny ? ExtentType.Tiny : ExtentType.Normal,
-        partitionId: key.PartitionId, extentId: key.ExtentId, extentOffset, kernelOffset: fileOffset, reqId: nextReqId(),
-        arg: followerArg(dp), remainingFollowers: remainingFollowers(dp), data, crc,
-      });
-      const host = dp.Hosts[0]!;
-      const rconn = core.rdma && !tcpOnly ? await core.rdma.conn(host) : null;
-      let reply: Packet;
-      if (rconn) reply = await rdmaSend(core, rconn, host, req, data, deadline);
-      else if (data.length > MAX_PACKET_DATA) {
-        // cut for RDMA, but this datanode is on TCP: as <= 128 KiB packets
-        await randomWritePacket(core, key, fileOffset, data, sync, deadline, true);
+/** One piece of an overwrite, to the partition's leader (the next host at once if it is not the leader). */
+function randomWritePiece(core: DataCore, key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean, deadline: number): Promise<void> {
+  const what = `overwrite partition ${key.PartitionId} extent ${key.ExtentId} at file offset ${fileOffset}`;
+  return toPartition(core, {
+    pid: key.PartitionId, what, deadline,
+    attempt: async (host) => {
+      const rconn = core.rdma ? await core.rdma.conn(host) : null;
+      if (rconn) {
+        checkWriteReply(await rdmaSend(core, rconn, host, randomWritePacket(key, fileOffset, data, sync), data, deadline), `${what} (${host})`, data);
         return;
-      } else {
-        countTcp(core, 'writes');
-        reply = await core.pool.request(host, req, { timeoutMs: core.timeoutMs });
       }
-      if (reply.resultCode !== Result.Ok) throw replyError(reply, `overwrite partition ${key.PartitionId} extent ${key.ExtentId} (${dp.Hosts[0]})`);
-      return;
-    } catch (e) {
-      if (!isRetryable(e) || Date.now() >= deadline) throw e;
-      await sleep(backoffMs(attempt));
-      if (attempt % 3 === 2) await core.parts.refresh().catch(() => undefined);
-    }
+      // A piece cut for RDMA on a datanode that is on TCP: <= 128 KiB packets.
+      const sends: Promise<void>[] = [];
+      for (let o = 0; o < data.length; o += MAX_PACKET_DATA) {
+        const d = data.subarray(o, Math.min(data.length, o + MAX_PACKET_DATA));
+        countTcp(core, 'writes');
+        sends.push(core.conns.request(host, randomWritePacket(key, fileOffset + o, d, sync), { timeoutMs: core.timeoutMs })
+          .then((reply) => checkWriteReply(reply, `${what} (${host})`, d)));
+      }
+      const rs = await Promise.allSettled(sends);
+      const bad = rs.find((x): x is PromiseRejectedResult => x.status === 'rejected');
+      if (bad) throw bad.reason;
+    },
+  });
+}
+
+/** RandomWrite as upstream's NewOverwritePacket: a normal-extent packet, RemainingFollowers 0, no Arg. */
+function randomWritePacket(key: ExtentKey, fileOffset: number, data: Buffer, sync: boolean): Packet {
+  return newPacket({
+    opcode: sync ? Op.SyncRandomWrite : Op.RandomWrite, extentType: ExtentType.Normal, partitionId: key.PartitionId,
+    extentId: key.ExtentId, extentOffset: key.ExtentOffset + (fileOffset - key.FileOffset), kernelOffset: fileOffset,
+    reqId: nextReqId(), remainingFollowers: 0, data, crc: crc32(data),
+  });
+}
+
+/** An Ok reply for this write (CRC echoed), or the error. */
+function checkWriteReply(reply: Packet, what: string, data: Buffer): void {
+  if (reply.resultCode !== Result.Ok) throw replyError(reply, what);
+  if (reply.crc >>> 0 !== crc32(data)) {
+    throw new CubeFSError(ErrorCode.BadPacket, `${what}: the reply echoes CRC 0x${(reply.crc >>> 0).toString(16)}, not the data's`, { retryable: true });
   }
 }

@@ -242,10 +242,7 @@ export class CubeFileSystem implements FuseOps {
       // Record pending extent keys first: the metanode stamps mtime when it appends them, which must not
       // undo explicit times (tar and cp -p set them with futimens before close).
       if (stream && v & (SetattrValid.SIZE | SetattrValid.ATIME | SetattrValid.MTIME)) await stream.flush();
-      if (v & SetattrValid.SIZE) {
-        await this.meta.truncate(a.ino, a.size!);
-        stream?.truncated(a.size!);
-      }
+      if (v & SetattrValid.SIZE) await this.client.data.truncate(a.ino, a.size!);
       const attrs: { mode?: number; uid?: number; gid?: number; mtime?: number; atime?: number } = {};
       if (v & SetattrValid.MODE) {
         const cur = await this.inode(a.ino);
@@ -397,9 +394,7 @@ export class CubeFileSystem implements FuseOps {
     try {
       if (a.flags & O_TRUNC && (a.flags & O_ACCMODE) !== O_RDONLY) {
         // libfuse 3 negotiates atomic_o_trunc: the kernel leaves O_TRUNC to open instead of sending a setattr.
-        await stream.flush();
-        await this.meta.truncate(a.ino, 0);
-        stream.truncated(0);
+        await stream.truncate(0);
         this.forgetCached(a.ino);
       }
       await stream.load();
@@ -444,7 +439,11 @@ export class CubeFileSystem implements FuseOps {
       // sync or O_DIRECT one) resolves only once every replica has it, with no copy; a small buffered one may be
       // staged (copied) for write-behind.
       const sync = (h.flags & O_SYNC) === O_SYNC;
-      await h.stream.write(a.offset, a.data, { sync, stage: this.writeBehind && (h.flags & (O_DSYNC | O_DIRECT)) === 0 });
+      const direct = (h.flags & (O_DSYNC | O_DIRECT)) !== 0;
+      await h.stream.write(a.offset, a.data, { sync, stage: this.writeBehind && !direct });
+      // O_DIRECT and O_SYNC/O_DSYNC writes are recorded at the metanode before they return, as upstream's
+      // client does (its Write waits for a flush): another client sees them at once, and a crash keeps them.
+      if (direct) await h.stream.flush();
       this.forgetCached(a.ino);
       req.write(a.data.length);
     } catch (e) {
@@ -497,9 +496,7 @@ export class CubeFileSystem implements FuseOps {
       const stream = this.client.data.peek(a.ino);
       const size = stream ? Math.max(stream.size, info.sz) : info.sz;
       if (end > size) {
-        if (stream) await stream.flush();
-        await this.meta.truncate(a.ino, end);
-        stream?.truncated(end);
+        await this.client.data.truncate(a.ino, end);
         this.forgetCached(a.ino);
       }
       req.err(0);

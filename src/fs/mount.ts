@@ -34,6 +34,8 @@ export interface MountConfig extends FsOptions {
   fsname?: string;
   /** Request deadline, ms. */
   timeoutMs?: number;
+  /** How long a data read or write keeps retrying before the application gets EIO, ms (default 60 s). */
+  retryBudgetMs?: number;
   /** Data path to the datanodes: 'auto', 'on' (RDMA required) or 'off' (default): see ClientOptions.rdma. */
   rdma?: RdmaMode;
   /** The datanodes' RDMA port (default 17360) or 'same' (their TCP port number: the embedded cluster). */
@@ -60,6 +62,10 @@ export interface MountConfig extends FsOptions {
   writeBehind?: boolean;
   /** Transport notes ("no RDMA device: using TCP", per-datanode fallbacks); default the debug log. */
   onWarning?: (msg: string) => void;
+  /** Reads from any replica (StreamFollowerRead), upstream's followerRead; also on when the volume has it. */
+  followerRead?: boolean;
+  /** With followerRead, the nearest replica first (upstream's nearRead). */
+  nearRead?: boolean;
 }
 
 export interface Mount {
@@ -84,8 +90,11 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
   try {
     client = await CubeFSClient.connect({
       masters: cfg.masters, vol: cfg.vol, owner: cfg.owner, ...(cfg.timeoutMs ? { timeoutMs: cfg.timeoutMs } : {}),
+      ...(cfg.retryBudgetMs ? { retryBudgetMs: cfg.retryBudgetMs } : {}),
       rdma: mode, ...(cfg.rdmaPort !== undefined ? { rdmaPort: cfg.rdmaPort } : {}),
       ...(pool ? { rdmaPool: pool } : {}), ...(cfg.onWarning ? { onWarning: cfg.onWarning } : {}),
+      ...(cfg.followerRead !== undefined ? { followerRead: cfg.followerRead } : {}),
+      ...(cfg.nearRead !== undefined ? { nearRead: cfg.nearRead } : {}),
     });
   } catch (e) {
     pool?.close();

@@ -29,6 +29,8 @@ export class Volume {
   txRename = false;
   /** The master marks the whole volume read-only. */
   volReadOnly = false;
+  /** The volume has follower read on (VolView.FollowerRead): reads may go to any replica. */
+  followerRead = false;
   private mps: MetaPartitionView[] = [];
   private dps: DataPartitionView[] = [];
   private inflight: Promise<void> | null = null;
@@ -45,6 +47,7 @@ export class Volume {
     const v = new Volume(master, name, owner);
     const view = await master.getVolume(name, owner);
     v.mps = sortMps(view.MetaPartitions);
+    v.followerRead = view.FollowerRead === true;
     await v.load();
     try {
       const admin = await master.getVolumeAdmin(name);

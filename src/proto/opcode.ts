@@ -59,6 +59,10 @@ export enum Op {
   MetaTxLinkInode = 0xaa,
   MetaTxGet = 0xab,
   MetaGetUniqID = 0xac,
+  // The embedded cluster's own, between its datanodes only: a raft leader's copy of a RandomWrite to a
+  // follower (upstream replicates RandomWrite through raft, which the embedded datanodes do not run).
+  ReplicateRandomWrite = 0xd0,
+  ReplicateSyncRandomWrite = 0xd1,
 }
 
 /** Ops whose requests carry no data on the wire: Size is the number of bytes wanted. */

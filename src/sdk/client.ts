@@ -27,9 +27,11 @@ export interface ClientOptions {
   owner: string;
   /** Deadline for each request to any node, ms. */
   timeoutMs?: number;
+  /** How long a data read or write keeps retrying (other hosts, other partitions) before it fails, ms (default 60 s). */
+  retryBudgetMs?: number;
   /** Period of the master view refresh, ms. */
   refreshMs?: number;
-  /** Connections kept per node. */
+  /** Connections kept per metanode (requests share them); datanode connections are pooled apart, one user each. */
   connsPerNode?: number;
   uid?: number;
   gid?: number;
@@ -46,6 +48,13 @@ export interface ClientOptions {
   rdmaPoolMB?: number;
   /** Where transport notes go ("no RDMA device: using TCP", ...); default the debug log. */
   onWarning?: (msg: string) => void;
+  /**
+   * Read from any replica with StreamFollowerRead (upstream's followerRead; also on when the volume has
+   * FollowerRead). Default: reads go to each partition's raft leader.
+   */
+  followerRead?: boolean;
+  /** With follower read, the nearest replica first (upstream's nearRead). */
+  nearRead?: boolean;
 }
 
 export interface Stat {
@@ -128,7 +137,10 @@ export class CubeFSClient {
     this.pool = new ConnPool(opts.connsPerNode ?? 4);
     const timeoutMs = opts.timeoutMs ?? 10_000;
     this.meta = new MetaClient({ vol: volume.name, source: volume, pool: this.pool, timeoutMs, transactions: volume.txRename });
-    this.data = new DataClient({ source: volume, meta: this.meta, pool: this.pool, timeoutMs, rdma });
+    this.data = new DataClient({
+      source: volume, meta: this.meta, timeoutMs, rdma, ...(opts.retryBudgetMs !== undefined ? { retryBudgetMs: opts.retryBudgetMs } : {}),
+      followerRead: (opts.followerRead ?? false) || volume.followerRead, nearRead: opts.nearRead ?? false,
+    });
     this.uid = opts.uid ?? 0;
     this.gid = opts.gid ?? 0;
   }
@@ -282,10 +294,7 @@ export class CubeFSClient {
   }
 
   async truncateIno(ino: number, size: number): Promise<void> {
-    const stream = this.data.peek(ino);
-    if (stream) await stream.flush();
-    await this.meta.truncate(ino, size);
-    stream?.truncated(size);
+    await this.data.truncate(ino, size);
   }
 
   async setxattr(path: string, key: string, value: Buffer | string): Promise<void> {

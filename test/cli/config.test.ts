@@ -26,6 +26,8 @@ t.test('-o: our keys, FUSE options passed through, mount(8) options dropped', as
   t.equal(parseOptions(['writecache'], quiet).writecache, true, 'bare writecache is true');
   t.equal(o.writeBehind, undefined, 'writeBehind unset: the default (on)');
   t.equal(parseOptions(['writeBehind=false'], quiet).writeBehind, false, 'writeBehind=false turns write-behind off');
+  t.match(parseOptions(['followerRead,nearRead=true'], quiet), { followerRead: true, nearRead: true }, 'upstream\'s followerRead and nearRead');
+  t.equal(o.followerRead, undefined, 'followerRead unset: reads go to the leader unless the volume says otherwise');
   t.throws(() => parseOptions(['frobnicate'], quiet), CliError, 'an unknown option is refused');
   const warned: string[] = [];
   parseOptions(['frobnicate'], (m) => warned.push(m), true);
@@ -41,6 +43,7 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   fs.writeFileSync(f, JSON.stringify({
     masterAddr: 'a:1,b:2', mountPoint: '/mnt/x', volName: 'v', owner: 'o', logDir: '/tmp/l', logLevel: 'INFO',
     attrValid: '30', lookupValid: 30, rdonly: 'true', fsyncOnClose: false, writecache: 'false', enableXattr: 'false', icacheTimeout: '5', zzz: 1,
+    followerRead: 'true', nearRead: false,
   }));
   const warned: string[] = [];
   const c = readConfigFile(f, (m) => warned.push(m));
@@ -51,6 +54,7 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   t.equal(c.fsyncOnClose, false);
   t.equal(c.writecache, false, 'upstream\'s writecache key: the FUSE writeback cache');
   t.equal(c.logLevel, 'info', 'log level, any case');
+  t.match(c, { followerRead: true, nearRead: false }, 'followerRead and nearRead, as upstream\'s keys');
   t.equal(warned.length, 3, 'three warnings');
   t.match(warned.join('\n'), /enableXattr: extended attributes are always enabled/);
   t.match(warned.join('\n'), /icacheTimeout: not implemented by this client/);
@@ -64,13 +68,14 @@ t.test('precedence: the file, then -o, then flags; the child argv round-trips', 
   const dir = tempDir(t);
   const f = path.join(dir, 'fuse.json');
   fs.writeFileSync(f, JSON.stringify({ masterAddr: 'file:1', mountPoint: '/mnt/file', volName: 'filevol', owner: 'fileowner', attrValid: 9 }));
-  const s = resolveSettings({ config: f, options: ['vol=optvol,attrValid=4,noatime,writeBehind=false'], owner: 'flagowner', mountpoint: '/mnt/flag' }, quiet);
+  const s = resolveSettings({ config: f, options: ['vol=optvol,attrValid=4,noatime,writeBehind=false,followerRead'], owner: 'flagowner', mountpoint: '/mnt/flag' }, quiet);
   t.equal(s.mountpoint, '/mnt/flag', 'the positional mountpoint wins');
   t.equal(s.vol, 'optvol', '-o beats the file');
   t.equal(s.owner, 'flagowner', 'a flag beats the file');
   t.same(s.masters, ['file:1'], 'the file fills in the rest');
   t.equal(s.attrValid, 4);
   t.equal(s.writeBehind, false, 'writeBehind=false');
+  t.equal(s.followerRead, true, 'followerRead');
   t.equal(s.logDir, '/var/log/cubefs-mount', 'default log dir');
 
   const argv = settingsToArgv(s);

@@ -112,7 +112,7 @@ t.test('overwrite in the middle uses RandomWrite; a straddling write is split; h
   t.ok(hole.subarray(0, hole.length - 3).equals(Buffer.alloc(hole.length - 3)), 'hole reads as zeros');
   t.equal(hole.subarray(hole.length - 3).toString(), 'end');
   await s.release();
-  meta.truncate(9, 12 * MiB);
+  await meta.truncate(9, 12 * MiB);
   const s2 = dc.open(9);
   s2.truncated(12 * MiB);
   const after = await s2.read(10 * MiB, 4 * MiB);
@@ -141,7 +141,7 @@ async function corruptingProxy(t: Test, target: string): Promise<{ addr: string;
   const pool = new ConnPool(2);
   const st = { addr: '', reads: 0 };
   const server = new PacketServer('proxy', async (req) => {
-    if (req.opcode !== Op.StreamRead) return pool.request(target, req);
+    if (req.opcode !== Op.StreamRead && req.opcode !== Op.StreamFollowerRead) return pool.request(target, req);
     st.reads++;
     const out: Packet[] = [];
     let got = 0;
@@ -162,7 +162,7 @@ async function corruptingProxy(t: Test, target: string): Promise<{ addr: string;
   return st;
 }
 
-t.test('a corrupted reply CRC is detected: another host is tried, and all corrupt is CrcMismatch', async (t) => {
+t.test('a corrupted reply CRC is detected: the other replicas are read instead, and all corrupt is CrcMismatch', async (t) => {
   const c = await startCluster(t, { partitions: 1 });
   const meta = new FakeMeta();
   const data = pattern(2 * MiB + 123, 21);
@@ -171,7 +171,7 @@ t.test('a corrupted reply CRC is detected: another host is tried, and all corrup
   const proxies = await Promise.all(hosts.map((h) => corruptingProxy(t, h)));
   const oneBad: DataPartitionView[] = [view(1, [proxies[0]!.addr, hosts[1]!, hosts[2]!])];
   const got = await readAll(client(t, new StaticSource(oneBad), meta), 5);
-  t.ok(got.equals(data), 'read through the corrupt leader recovered from the other hosts');
+  t.ok(got.equals(data), 'read through the corrupt leader recovered from the other replicas (StreamFollowerRead)');
   t.ok(proxies[0]!.reads > 0, 'the corrupt proxy was asked first');
   const allBad = [view(1, proxies.map((p) => p.addr))];
   const dc = client(t, new StaticSource(allBad), meta, { retryBudgetMs: 2000 });

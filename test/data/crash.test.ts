@@ -3,7 +3,7 @@ import readline from 'node:readline';
 import t from 'tap';
 import { DataNode } from '../../src/cluster/datanode.js';
 import { DataClient } from '../../src/data/index.js';
-import { createPartition, FakeMeta, pattern, StaticSource, tmpdir, view } from './helpers.js';
+import { createPartition, FakeMeta, pattern, StaticSource, tellLeaders, tmpdir, view } from './helpers.js';
 
 t.test('acknowledged data and extent ids survive kill -9 of the datanode process', async (t) => {
   const dir = tmpdir(t);
@@ -39,6 +39,7 @@ t.test('acknowledged data and extent ids survive kill -9 of the datanode process
   const node = new DataNode({ dir, listen: addr });
   t.teardown(() => node.stop());
   await node.start();
+  await tellLeaders(addr, source.views);
   const r = new DataClient({ source, meta });
   t.teardown(() => r.close());
   const rs = r.open(1);

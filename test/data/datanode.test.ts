@@ -25,11 +25,12 @@ function write(pid: number, hosts: string[], eid: number, eoff: number, data: Bu
   });
 }
 
-async function streamRead(addr: string, pid: number, eid: number, eoff: number, size: number): Promise<{ rc: number; data: Buffer; packets: Packet[] }> {
+/** A read as a client sends it: StreamRead (the leader only), or StreamFollowerRead (any replica: `follower`). */
+async function streamRead(addr: string, pid: number, eid: number, eoff: number, size: number, follower = true): Promise<{ rc: number; data: Buffer; packets: Packet[] }> {
   const packets: Packet[] = [];
   let got = 0;
   const last = await rawRequest(addr, newPacket({
-    opcode: Op.StreamRead, extentType: ExtentType.Normal, partitionId: pid, extentId: eid, extentOffset: eoff,
+    opcode: follower ? Op.StreamFollowerRead : Op.StreamRead, extentType: ExtentType.Normal, partitionId: pid, extentId: eid, extentOffset: eoff,
     reqId: nextReqId(), size,
   }), (p) => {
     packets.push({ ...p, data: Buffer.from(p.data) });
@@ -40,7 +41,7 @@ async function streamRead(addr: string, pid: number, eid: number, eoff: number, 
   return { rc: last.resultCode, data: Buffer.concat(packets.filter((p) => p.resultCode === Result.Ok).map((p) => p.data)), packets };
 }
 
-t.test('CreateExtent replicates, writes reach all three replicas, StreamRead streams <= 128 KiB packets', async (t) => {
+t.test('CreateExtent replicates, writes reach all three replicas, reads stream <= 128 KiB packets', async (t) => {
   const c = await startCluster(t, { partitions: 1 });
   const hosts = c.views[0]!.Hosts;
   const ce = await createExtent(hosts[0]!, 1, hosts);
@@ -59,6 +60,8 @@ t.test('CreateExtent replicates, writes reach all three replicas, StreamRead str
     t.ok(r.packets.every((p) => p.extentType === ExtentType.Normal && p.kernelOffset === 0 && crc32(p.data) === p.crc), 'etype 0x01, koff 0, own CRC');
     t.same(r.packets.map((p) => p.extentOffset), [0, 131072, 262144]);
   }
+  const lead = await streamRead(hosts[0]!, 1, ce.extentId, 0, data.length, false);
+  t.ok(lead.rc === Result.Ok && lead.data.equals(data), 'StreamRead from the leader');
   const miss = await streamRead(hosts[0]!, 1, 99999, 0, 10);
   t.equal(miss.rc, Result.NotExist, 'missing extent -> NotExist');
 });
@@ -125,7 +128,7 @@ t.test('capacity: a write past capacityBytes is DiskNoSpace and writes nothing',
   const body = JSON.parse(hb.data.toString());
   t.equal(body.Total, 64 * 1024);
   t.equal(body.Used, 60 * 1024);
-  t.same(body.Partitions, [{ PartitionID: 1, Used: 60 * 1024, ExtentCount: 1 }]);
+  t.same(body.Partitions, [{ PartitionID: 1, Used: 60 * 1024, ExtentCount: 1, IsLeader: true }]);
 });
 
 t.test('restart on the same dir keeps data and never reuses extent ids; MarkDelete removes', async (t) => {

@@ -44,7 +44,7 @@ export class FakeMeta implements ExtentMetaOps {
     f.gen++;
   }
 
-  truncate(ino: number, size: number): void {
+  async truncate(ino: number, size: number): Promise<void> {
     const f = this.file(ino);
     f.keys = f.keys.filter((k) => k.FileOffset < size).map((k) => (k.FileOffset + k.Size > size ? { ...k, Size: size - k.FileOffset } : k));
     f.size = size;
@@ -90,13 +90,20 @@ export async function createPartition(addr: string, pid: number, hosts: string[]
   if (r.resultCode !== Result.Ok) throw new Error(`CreateDataPartition ${pid} on ${addr}: 0x${r.resultCode.toString(16)}`);
 }
 
+/** What the master tells a datanode in every heartbeat: the raft leader of each partition (master.ts). */
+export async function tellLeaders(addr: string, views: DataPartitionView[]): Promise<void> {
+  const Leaders = Object.fromEntries(views.map((v) => [v.PartitionID, v.LeaderAddr]));
+  const r = await rawRequest(addr, newPacket({ opcode: Op.DataNodeHeartbeat, reqId: nextReqId(), data: Buffer.from(JSON.stringify({ Leaders })) }));
+  if (r.resultCode !== Result.Ok) throw new Error(`heartbeat to ${addr}: 0x${r.resultCode.toString(16)}`);
+}
+
 export interface Cluster {
   nodes: DataNode[];
   addrs: string[];
   dirs: string[];
   views: DataPartitionView[];
   source: StaticSource;
-  /** Stop node i; restart() brings it back on the same dir and port. */
+  /** Stop node i; restart() brings it back on the same dir and port, and tells it the leaders as a master would. */
   restart(i: number, opts?: Partial<DataNodeOptions>): Promise<void>;
 }
 
@@ -119,6 +126,7 @@ export async function startCluster(t: Test, opts: { partitions?: number; node?: 
       const node = new DataNode({ dir: dirs[i]!, listen: addrs[i]!, ...opts.node, ...o });
       cluster.nodes[i] = node;
       await node.start();
+      await tellLeaders(addrs[i]!, views);
     },
   };
   return cluster;

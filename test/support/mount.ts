@@ -75,8 +75,11 @@ export interface PosixEnv {
   cube: MountProc;
   /** A tmpfs mounted beside it. */
   tmp: string;
-  /** Mounts the volume once more (another fixture process) at `mnt`; the caller stops it (teardown does too). */
-  mount(mnt: string): Promise<MountProc>;
+  /**
+   * Mounts the volume once more (another fixture process) at `mnt`, with `env` for the fixture (e.g.
+   * CUBEFS_TEST_RETRY_MS); the caller stops it (teardown does too).
+   */
+  mount(mnt: string, env?: Record<string, string>): Promise<MountProc>;
   /** Starts a mount fixture that is expected to fail; resolves with its output and exit code. */
   mountFails(mnt: string): Promise<{ code: number | null; output: string }>;
 }
@@ -85,9 +88,9 @@ function exited(c: ChildProcess): boolean {
   return c.exitCode !== null || c.signalCode !== null;
 }
 
-function spawnMount(cluster: EmbeddedCluster, mnt: string): { child: ChildProcess; output: () => string } {
+function spawnMount(cluster: EmbeddedCluster, mnt: string, env: Record<string, string> = {}): { child: ChildProcess; output: () => string } {
   const child = spawn(process.execPath, [FIXTURE, mnt, cluster.masterAddr, cluster.vol, cluster.owner], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(),
+    stdio: ['ignore', 'pipe', 'pipe'], env: childEnv(env),
   });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
@@ -131,9 +134,9 @@ export async function posixEnv(t: Test, opts: { tmpfsMiB?: number } = {}): Promi
   cluster = await EmbeddedCluster.start({ dir: path.join(dir, 'cluster'), masterPort: 0, heartbeatMs: 500 });
   const c = cluster;
 
-  const mount = async (at: string): Promise<MountProc> => {
+  const mount = async (at: string, env: Record<string, string> = {}): Promise<MountProc> => {
     fs.mkdirSync(at, { recursive: true });
-    const { child, output } = spawnMount(c, at);
+    const { child, output } = spawnMount(c, at, env);
     const m: MountProc = { mnt: at, child, output, stop: () => stopMount(m) };
     mounts.push(m);
     const ready = await until(() => output().includes('ready') || exited(child), 60_000);

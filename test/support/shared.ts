@@ -19,3 +19,8 @@ export function sharedDir(): string {
 export function goldenUrl(file = ''): URL {
   return new URL(`file://${path.join(sharedDir(), 'golden', 'cubefs-real')}/${file}`);
 }
+
+/** The path of a capture under shared/golden/cubefs-real/interop/. */
+export function interopCapture(file: string): string {
+  return path.join(sharedDir(), 'golden', 'cubefs-real', 'interop', file);
+}

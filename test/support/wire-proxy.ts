@@ -1,0 +1,67 @@
+/**
+ * A recording TCP proxy for tests of what a client puts on the wire: it listens on its own address, passes
+ * every byte both ways to a real server, and decodes the client's side into packets, so a test sees which
+ * host got which request on which connection (as the loopback captures in ../shared/golden show it).
+ */
+import net from 'node:net';
+import type { Test } from 'tap';
+import { PacketReader, type Packet } from '../../src/proto/index.js';
+
+export interface Recorded {
+  /** 1, 2, ... in the order the proxies accepted the connections (unique across proxies). */
+  conn: number;
+  /** Arrival order across every proxy of the process. */
+  seq: number;
+  packet: Packet;
+}
+
+export interface RecordingProxy {
+  addr: string;
+  /** Requests seen so far, in arrival order. */
+  readonly requests: Recorded[];
+  /** Connections accepted so far. */
+  readonly conns: number;
+}
+
+let nextConn = 1;
+let nextSeq = 1;
+
+/** A proxy on `host` (port 0) in front of `target`, closed at the end of the test. */
+export async function recordingProxy(t: Test, host: string, target: string): Promise<RecordingProxy> {
+  const requests: Recorded[] = [];
+  let conns = 0;
+  const sockets = new Set<net.Socket>();
+  const [th, tp] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const server = net.createServer((client) => {
+    conns++;
+    const id = nextConn++;
+    const reader = new PacketReader();
+    const upstream = net.connect(tp, th);
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on('data', (d: Buffer) => {
+      try {
+        for (const p of reader.push(d)) requests.push({ conn: id, seq: nextSeq++, packet: { ...p, data: Buffer.from(p.data), arg: Buffer.from(p.arg) } });
+      } catch {
+        // not packets: still passed through
+      }
+      upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => client.write(d));
+    const end = (): void => { client.destroy(); upstream.destroy(); };
+    client.on('close', end);
+    upstream.on('close', end);
+    client.on('error', end);
+    upstream.on('error', end);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, () => resolve());
+  });
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  const addr = `${host}:${(server.address() as net.AddressInfo).port}`;
+  return { addr, requests, get conns() { return conns; } };
+}
