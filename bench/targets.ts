@@ -85,12 +85,12 @@ function forceUnmount(mnt: string): void {
 }
 
 async function fuseChild(id: TargetId, work: string, args: string[], started: number, extraInfo: Record<string, unknown>,
-  onStop: () => Promise<void> = async () => undefined): Promise<Target> {
-  const mnt = path.join(work, `mnt-${id}`);
+  onStop: () => Promise<void> = async () => undefined, name: string = id): Promise<Target> {
+  const mnt = path.join(work, `mnt-${name}`);
   fs.mkdirSync(mnt, { recursive: true });
-  const ready = path.join(work, `${id}-ready.json`);
-  const stats = path.join(work, `${id}-stats.json`);
-  const c = spawnChild('mount-main.js', [...args, '--mnt', mnt, '--ready', ready, '--stats', stats], path.join(work, `${id}.log`));
+  const ready = path.join(work, `${name}-ready.json`);
+  const stats = path.join(work, `${name}-stats.json`);
+  const c = spawnChild('mount-main.js', [...args, '--mnt', mnt, '--ready', ready, '--stats', stats], path.join(work, `${name}.log`));
   const t: Target = {
     id, dir: null, info: { ...extraInfo, mountpoint: mnt, log: c.log },
     async stop() {
@@ -155,6 +155,13 @@ export async function startMount(work: string, keep: boolean): Promise<{ target:
     ['--kind', 'cubefs', '--masters', String(i.master), '--vol', String(i.vol), '--owner', String(i.owner)],
     started, { cluster: { master: i.master, vol: i.vol, owner: i.owner, dir: i.dir, replicas: 3, transport: 'tcp' } });
   return { target, cluster };
+}
+
+/** One more mount of the cluster startMount started (a cold one: nothing cached), in mnt-NAME. */
+export async function mountAgain(work: string, cluster: ClusterHandle, name: string): Promise<Target> {
+  const i = cluster.info;
+  return fuseChild('mount', work, ['--kind', 'cubefs', '--masters', String(i.master), '--vol', String(i.vol), '--owner', String(i.owner)],
+    Date.now(), {}, undefined, name);
 }
 
 export async function startNull(work: string): Promise<Target> {
