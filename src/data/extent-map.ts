@@ -56,6 +56,13 @@ function mergeable(a: ExtentKey, b: ExtentKey): boolean {
     keyEnd(a) === b.FileOffset && a.ExtentOffset + a.Size === b.ExtentOffset;
 }
 
+/** The key that ends exactly at `off`, if any. */
+export function keyEndingAt(keys: ExtentKey[], off: number): ExtentKey | undefined {
+  const i = firstEndingAfter(keys, off) - 1;
+  const k = i >= 0 ? keys[i] : undefined;
+  return k && keyEnd(k) === off ? k : undefined;
+}
+
 /** Keys cut at `size`: everything at or beyond it dropped. */
 export function truncateKeys(keys: ExtentKey[], size: number): ExtentKey[] {
   const out: ExtentKey[] = [];

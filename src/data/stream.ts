@@ -29,12 +29,12 @@
  */
 import { constants as osc } from 'node:os';
 import type { ExtentKey } from '../proto/index.js';
-import { MAX_PACKET_DATA } from '../proto/index.js';
+import { MAX_PACKET_DATA, PartitionStatus } from '../proto/index.js';
 import { CubeFSError, ErrorCode, errnoOf } from '../util/errors.js';
-import { insertKey, keyEnd, mapRange, truncateKeys } from './extent-map.js';
+import { insertKey, keyEnd, keyEndingAt, mapRange, truncateKeys } from './extent-map.js';
 import { log, type DataCore } from './partitions.js';
 import { readExtent } from './reader.js';
-import { ExtentWriter, newPiece, NoTinyExtent, randomWrite, tinyWrite, TINY_SIZE_LIMIT, type WriterOwner } from './writer.js';
+import { EXTENT_SIZE_LIMIT, ExtentWriter, newPiece, NoTinyExtent, randomWrite, tinyWrite, TINY_EXTENT_MAX_ID, TINY_SIZE_LIMIT, type ResumeAt, type WriterOwner } from './writer.js';
 
 export interface ExtentMetaOps {
   listExtents(ino: number): Promise<{ gen: number; size: number; extents: ExtentKey[] }>;
@@ -415,7 +415,7 @@ export class FileStream implements WriterOwner {
       let h = this.handler;
       if (!h || !h.usable || h.nextFileOffset !== fileOffset + o) {
         this.retireHandler();
-        h = new ExtentWriter(this, fileOffset + o);
+        h = new ExtentWriter(this, fileOffset + o, [], undefined, this.resumeAt(fileOffset + o));
         this.handler = h;
         this.writers.add(h);
       }
@@ -427,6 +427,19 @@ export class FileStream implements WriterOwner {
       o += n;
     }
     return out;
+  }
+
+  /**
+   * An append at `at` right behind a recorded normal-extent key goes on in that extent (upstream's
+   * tryInitExtentHandlerByLastEk), when its partition takes writes and the extent has room.
+   */
+  private resumeAt(at: number): ResumeAt | undefined {
+    const k = keyEndingAt(this.keys, at);
+    if (!k || k.ExtentId <= TINY_EXTENT_MAX_ID) return undefined;
+    const dp = this.core.parts.current(k.PartitionId);
+    const extentOffset = k.ExtentOffset + k.Size;
+    if (!dp || dp.Status !== PartitionStatus.ReadWrite || dp.Hosts.length === 0 || extentOffset >= EXTENT_SIZE_LIMIT) return undefined;
+    return { dp, extentId: k.ExtentId, extentOffset };
   }
 
   /**

@@ -34,6 +34,8 @@ import { toPartition } from './route.js';
 
 export const EXTENT_SIZE_LIMIT = 128 * 1024 * 1024;
 export const TINY_SIZE_LIMIT = 1024 * 1024;
+/** Tiny extents have ids 1..64; normal ones start at 1024. */
+export const TINY_EXTENT_MAX_ID = 64;
 
 export interface WritePiece {
   fileOffset: number;
@@ -90,6 +92,18 @@ async function rdmaSend(core: DataCore, conn: RdmaConnection, host: string, req:
   }
 }
 
+/**
+ * Where an append may go on in an extent the file already has: right behind a recorded key that ends where
+ * the append starts (upstream's tryInitExtentHandlerByLastEk: a file appended to again keeps filling its last
+ * extent instead of opening one per session).
+ */
+export interface ResumeAt {
+  dp: DataPartitionView;
+  extentId: number;
+  /** The extent offset just past the key. */
+  extentOffset: number;
+}
+
 export class ExtentWriter {
   readonly startFileOffset: number;
   private state: State = 'opening';
@@ -101,14 +115,18 @@ export class ExtentWriter {
   /** Pieces waiting for the extent to be created. */
   private queued: WritePiece[] = [];
   private inflight: Inflight[] = [];
-  /** Bytes handed to this writer (sent or queued): the next piece's extent offset. */
+  /** Bytes handed to this writer (sent or queued). */
   private assigned = 0;
+  /** Extent offset of this writer's first byte: 0 for a new extent, past the key it resumes after. */
+  private extentBase: number;
   private acked = 0;
   /** Close the connection once everything sent has settled; take no more pieces. */
   private retiring = false;
 
-  constructor(private readonly owner: WriterOwner, startFileOffset: number, pieces: WritePiece[] = [], private lastErr?: Error) {
+  constructor(private readonly owner: WriterOwner, startFileOffset: number, pieces: WritePiece[] = [], private lastErr?: Error,
+    private resume?: ResumeAt) {
     this.startFileOffset = startFileOffset;
+    this.extentBase = resume?.extentOffset ?? 0;
     for (const p of pieces) this.push(p);
     void this.open();
   }
@@ -118,7 +136,7 @@ export class ExtentWriter {
   }
 
   get remaining(): number {
-    return EXTENT_SIZE_LIMIT - this.assigned;
+    return EXTENT_SIZE_LIMIT - this.extentBase - this.assigned;
   }
 
   /** Takes appends: not failed, not retiring, room left. */
@@ -128,7 +146,7 @@ export class ExtentWriter {
 
   /** Append a piece at nextFileOffset (the caller guarantees contiguity and size <= remaining). */
   push(p: WritePiece): void {
-    const extentOffset = this.assigned;
+    const extentOffset = this.extentBase + this.assigned;
     this.assigned += p.data.length;
     if (this.state === 'open') this.send({ piece: p, extentOffset });
     else this.queued.push(p);
@@ -142,6 +160,8 @@ export class ExtentWriter {
 
   private async open(): Promise<void> {
     const core = this.owner.core;
+    if (this.resume && await this.openResumed(this.resume)) return;
+    this.extentBase = 0;
     for (let attempt = 0; this.state === 'opening'; attempt++) {
       const deadline = this.queued.length > 0 ? Math.min(...this.queued.map((p) => p.deadline)) : Date.now() + core.retryBudgetMs;
       let dp: DataPartitionView | undefined;
@@ -169,19 +189,8 @@ export class ExtentWriter {
           this.state = 'failed';
           return;
         }
-        this.dp = dp;
-        this.extentId = reply.extentId;
-        this.conn = conn;
-        this.rconn = rconn;
-        this.state = 'open';
-        log('ino %d: extent %d on partition %d at file offset %d', this.owner.ino, this.extentId, dp.PartitionID, this.startFileOffset);
-        let off = 0;
-        const q = this.queued;
-        this.queued = [];
-        for (const p of q) {
-          this.send({ piece: p, extentOffset: off });
-          off += p.data.length;
-        }
+        log('ino %d: extent %d on partition %d at file offset %d', this.owner.ino, reply.extentId, dp.PartitionID, this.startFileOffset);
+        this.opened(dp, reply.extentId, conn, rconn);
         return;
       } catch (e) {
         if (conn) core.conns.release(conn, false);
@@ -197,6 +206,43 @@ export class ExtentWriter {
         }
         await sleep(backoffMs(attempt));
       }
+    }
+  }
+
+  /** Go on in the resumed extent (no CreateExtent); false when its leader cannot be reached: a new extent then. */
+  private async openResumed(r: ResumeAt): Promise<boolean> {
+    const core = this.owner.core;
+    const host = r.dp.Hosts[0]!;
+    try {
+      const rconn = core.rdma ? await core.rdma.conn(host) : null;
+      const conn = rconn ? null : await core.conns.acquire(host);
+      if (this.retiring && this.queued.length === 0) {
+        if (conn) core.conns.release(conn, true);
+        this.state = 'failed';
+        return true;
+      }
+      log('ino %d: extent %d on partition %d resumed at extent offset %d, file offset %d', this.owner.ino, r.extentId, r.dp.PartitionID, r.extentOffset, this.startFileOffset);
+      this.opened(r.dp, r.extentId, conn, rconn);
+      return true;
+    } catch (e) {
+      log('ino %d: extent %d not resumed (%s): a new extent', this.owner.ino, r.extentId, (e as Error).message);
+      return false;
+    }
+  }
+
+  /** The extent is ready: send what was queued, at the extent offsets they were given in order. */
+  private opened(dp: DataPartitionView, extentId: number, conn: PacketConn | null, rconn: RdmaConnection | null): void {
+    this.dp = dp;
+    this.extentId = extentId;
+    this.conn = conn;
+    this.rconn = rconn;
+    this.state = 'open';
+    let off = this.extentBase;
+    const q = this.queued;
+    this.queued = [];
+    for (const p of q) {
+      this.send({ piece: p, extentOffset: off });
+      off += p.data.length;
     }
   }
 
@@ -262,7 +308,7 @@ export class ExtentWriter {
     this.acked += n;
     const dp = this.dp!;
     const piece: ExtentKey = { FileOffset: f.piece.fileOffset, PartitionId: dp.PartitionID, ExtentId: this.extentId, ExtentOffset: f.extentOffset, Size: n, CRC: 0 };
-    const whole: ExtentKey = { FileOffset: this.startFileOffset, PartitionId: dp.PartitionID, ExtentId: this.extentId, ExtentOffset: 0, Size: this.acked, CRC: 0 };
+    const whole: ExtentKey = { FileOffset: this.startFileOffset, PartitionId: dp.PartitionID, ExtentId: this.extentId, ExtentOffset: this.extentBase, Size: this.acked, CRC: 0 };
     this.owner.onAck(this, piece, whole);
     f.piece.resolve();
     this.maybeClose();

@@ -226,3 +226,29 @@ t.test('a follower stopped mid-write: the write fails over and completes when it
   const got = await readAll(client(t, c.source, meta), 10);
   t.ok(got.equals(data), 'reads back identical');
 });
+
+t.test('an append right behind the last key goes on in its extent, as upstream (no extent per session)', async (t) => {
+  const c = await startCluster(t, { partitions: 2 });
+  const meta = new FakeMeta();
+  const data = pattern(3 * MiB, 71);
+  // Three sessions, each appending 1 MiB to what the last one left (as `cat >> file` three times).
+  for (let i = 0; i < 3; i++) {
+    const s = client(t, c.source, meta).open(20);
+    await s.load();
+    t.equal(s.size, i * MiB, `session ${i} starts at the end`);
+    await s.write(i * MiB, data.subarray(i * MiB, (i + 1) * MiB));
+    await s.release();
+  }
+  const keys = meta.files.get(20)!.keys;
+  const extents = new Set(keys.filter((k) => k.ExtentId >= 1024).map((k) => `${k.PartitionId}/${k.ExtentId}`));
+  t.equal(extents.size, 1, `the appends after the first share one normal extent (${keys.map((k) => `${k.FileOffset}:${k.ExtentId}@${k.ExtentOffset}+${k.Size}`).join(' ')})`);
+  t.ok((await readAll(client(t, c.source, meta), 20)).equals(data), 'reads back identical');
+  // Truncated, then appended: the bytes past the key in the extent are no one's any more, and are written over.
+  await meta.truncate(20, 2 * MiB + 1000);
+  const tail = pattern(5000, 72);
+  const s = client(t, c.source, meta).open(20);
+  await s.write(2 * MiB + 1000, tail);
+  await s.release();
+  const want = Buffer.concat([data.subarray(0, 2 * MiB + 1000), tail]);
+  t.ok((await readAll(client(t, c.source, meta), 20)).equals(want), 'after a truncate, an append resumed there reads back identical');
+});
