@@ -11,7 +11,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MasterClient } from '../master/client.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { logger } from '../util/log.js';
+import { logger, notice, warn } from '../util/log.js';
 import { DataNode } from './datanode.js';
 import { Master } from './master.js';
 import { MetaNode } from './metanode.js';
@@ -160,9 +160,10 @@ export class EmbeddedCluster {
       run.child = child;
       let stderr = '';
       let ready = false;
+      // A node's warnings are the operator's (a torn log cut at start, a full disk): always passed on.
       child.stderr!.on('data', (d: Buffer) => {
         stderr = (stderr + d.toString()).slice(-4000);
-        if (ready) process.stderr.write(d);
+        process.stderr.write(d);
       });
       readline.createInterface({ input: child.stdout! }).on('line', (line) => {
         if (ready) return;
@@ -180,24 +181,26 @@ export class EmbeddedCluster {
           return;
         }
         if (run.stopping || this.stopped || this.opts.supervise === false) return;
-        log('%s at %s exited (%s); restarting', run.role, run.addr, code ?? signal);
+        warn('cluster', `${run.role}${run.role === 'datanode' ? run.index + 1 : ''} at ${run.addr} exited (${code ?? signal}); restarting it`);
         void this.restart(run, args);
       });
     });
   }
 
+  /** Starts a node that died again, until it stays up; each failure said, the wait growing to 30 s. */
   private async restart(run: Running, args: string[]): Promise<void> {
+    const name = `${run.role}${run.role === 'datanode' ? run.index + 1 : ''}`;
     for (let attempt = 0; !this.stopped && !run.stopping; attempt++) {
-      await sleep(Math.min(200 * 2 ** attempt, 2000));
+      await sleep(Math.min(200 * 2 ** attempt, 30_000));
       if (this.stopped || run.stopping) return;
       const listenAt = args.indexOf('--listen');
       args[listenAt + 1] = run.addr;
       try {
         await this.spawnNode(run, args);
-        log('%s back on %s', run.role, run.addr);
+        notice('cluster', `${name} back on ${run.addr}${attempt > 0 ? ` after ${attempt + 1} attempts` : ''}`);
         return;
       } catch (e) {
-        log('%s restart failed: %s', run.role, (e as Error).message);
+        warn('cluster', `${name} did not start again (attempt ${attempt + 1}; trying again in ${Math.min(200 * 2 ** (attempt + 1), 30_000) / 1000} s): ${(e as Error).message}`, { key: `restart-${name}`, everyMs: 0 });
       }
     }
   }
