@@ -5,11 +5,20 @@
  * name list kept in Go byte order, so ReadDirLimit pages by binary search). Dentries live in the
  * partition that owns their parent inode, as upstream routes them.
  *
- * Durability: every mutation is a list of records ("effects": the new state of each inode or dentry it
- * touched) appended as one JSON line to `meta.log` with fs.writeSync before the reply goes out, then
- * made durable by a group fdatasync that the reply waits for. Start replays `meta.snap` then `meta.log`
- * (a torn last line is ignored); a snapshot (the same record format, one record a line) is written at
- * start and stop when the log is not empty, and at run time when the log passes `compactBytes`.
+ * Durability, write-ahead: a mutation's effects (the new state of each inode or dentry it touched) go to
+ * `meta.log` as one record, `CRC32-hex JSON\n`, with fs.writeSync BEFORE they are applied to the state, then a
+ * group fdatasync that the reply waits for. A record that cannot be written whole (the disk is full, an I/O
+ * error) is cut off the log again (ftruncate to where it began) and the mutation fails with StoreFull (the
+ * metanode answers that request NoSpace) or the error: nothing changes, and later mutations go on once there
+ * is room. A failed fdatasync leaves it unknown what is on disk: the store turns read-only (`broken`) and says
+ * so; a restart replays what the disk has.
+ * Start replays `meta.snap` then `meta.log`. A torn record at the end of the log (a crash or a full disk in
+ * mid-write: no newline, or a CRC that does not match) is cut off, with a warning; a damaged record with good
+ * ones after it is not a torn tail, and start refuses, naming the file and the offset. (Records from before
+ * CRCs, a bare JSON line, are read as they are.) A snapshot (the same record format, one record a line) is
+ * written at start and stop when the log is not empty, and at run time when the log passes `compactBytes`;
+ * one that cannot be written (no space) is skipped, with a warning, and the log is kept as it is: the metanode
+ * starts and runs on a full disk, answering NoSpace to what would need room.
  * Replay and live mutation share applyEffect(), so what is replayed is what was served.
  *
  * Garbage: extents no inode refers to any more (evicted inodes, truncated or overwritten ranges) are kept
@@ -20,8 +29,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { crc32 } from '../proto/crc32.js';
 import type { ExtentKey } from '../proto/types.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { warn } from '../util/log.js';
 
 export interface InodeRec {
   ino: number;
@@ -160,6 +171,29 @@ export function garbageKey(k: ExtentKey): string {
 
 const SEEN_UNIQ_MAX = 100_000;
 
+/** The log record of a mutation could not be written for lack of space; nothing changed. */
+export class StoreFull extends Error {}
+
+/** A record as it is written: CRC-32 of the JSON in hex, a space, the JSON, a newline. */
+function record(effects: Effect[]): Buffer {
+  const json = JSON.stringify(effects);
+  return Buffer.from(`${crc32(Buffer.from(json)).toString(16).padStart(8, '0')} ${json}\n`);
+}
+
+/** The effects of one record line (without its newline), or null when the line is damaged. */
+function parseRecord(line: string): Effect[] | null {
+  try {
+    if (line.startsWith('[')) return JSON.parse(line) as Effect[]; // written before records had CRCs
+    const sp = line.indexOf(' ');
+    if (sp !== 8) return null;
+    const json = line.slice(9);
+    if (parseInt(line.slice(0, 8), 16) !== crc32(Buffer.from(json))) return null;
+    return JSON.parse(json) as Effect[];
+  } catch {
+    return null;
+  }
+}
+
 export interface MetaStoreOptions {
   dir: string;
   /** Compact the log into a snapshot when it grows past this many bytes at run time. */
@@ -173,41 +207,66 @@ export class MetaStore {
   private fd: number | null = null;
   private logBytes = 0;
   private readonly compactBytes: number;
+  /** The log size at which a compaction is tried next (pushed further when one fails for lack of space). */
+  private compactAt: number;
   private syncWaiters: { resolve: () => void; reject: (e: Error) => void }[] = [];
   private syncing: Promise<void> | null = null;
+  /** Why the store takes no more mutations (a failed fdatasync, a record that could not be cut off). */
+  broken: Error | null = null;
 
   constructor(opts: MetaStoreOptions) {
     this.logPath = path.join(opts.dir, 'meta.log');
     this.snapPath = path.join(opts.dir, 'meta.snap');
     this.compactBytes = opts.compactBytes ?? 64 * 1024 * 1024;
+    this.compactAt = this.compactBytes;
     fs.mkdirSync(opts.dir, { recursive: true });
   }
 
-  /** Replays snapshot and log, then compacts when the log held anything. */
+  /** Replays snapshot and log (cutting a torn tail off the log), then compacts when the log held anything. */
   open(): void {
-    this.replayFile(this.snapPath);
-    this.replayFile(this.logPath);
+    this.replayFile(this.snapPath, false);
+    this.replayFile(this.logPath, true);
     this.fd = fs.openSync(this.logPath, 'a');
     this.logBytes = fs.fstatSync(this.fd).size;
-    if (this.logBytes > 0) this.compact();
+    if (this.logBytes > 0) this.tryCompact();
   }
 
-  /** Appends one mutation's effects (already applied by the caller through apply()). */
+  /**
+   * Writes one mutation's record to the log (not yet applied, not yet durable). On failure the log is as it
+   * was: StoreFull for lack of space, else the error.
+   */
   append(effects: Effect[]): void {
     if (effects.length === 0) return;
     if (this.fd === null) throw new CubeFSError(ErrorCode.Closed, 'meta store is closed');
-    const line = Buffer.from(JSON.stringify(effects) + '\n');
-    let off = 0;
-    while (off < line.length) off += fs.writeSync(this.fd, line, off);
+    if (this.broken) throw new CubeFSError(ErrorCode.Invalid, `meta store takes no changes: ${this.broken.message}`);
+    const line = record(effects);
+    const at = this.logBytes;
+    try {
+      let off = 0;
+      while (off < line.length) off += fs.writeSync(this.fd, line, off);
+    } catch (e) {
+      try {
+        fs.ftruncateSync(this.fd, at);
+      } catch (e2) {
+        this.broken = new Error(`a record that could not be written is left in ${this.logPath} (${(e2 as Error).message})`);
+        warn('metanode', `${this.broken.message}: taking no more changes until a restart cuts it off`);
+      }
+      if ((e as NodeJS.ErrnoException).code === 'ENOSPC') {
+        warn('metanode', `no space for the log (${this.logPath}): changes are refused with NoSpace until there is room; reads go on`, { key: 'meta-log-enospc' });
+        throw new StoreFull(`metanode disk full: no room for the log record (${(e as Error).message})`);
+      }
+      throw e;
+    }
     this.logBytes += line.length;
   }
 
-  /** Applies and logs effects in one step; returns when they are on disk. */
+  /** Logs effects, applies them, and returns when they are on disk (write-ahead: see the header). */
   async commit(effects: Effect[]): Promise<void> {
-    for (const e of effects) this.apply(e);
+    if (effects.length === 0) return;
     this.append(effects);
+    for (const e of effects) this.apply(e);
     await this.sync();
-    if (this.logBytes > this.compactBytes) this.compact();
+    if (this.logBytes > this.compactAt) this.tryCompact();
   }
 
   /** Group fdatasync: every caller waiting when a round starts is released by that round. */
@@ -225,6 +284,10 @@ export class MetaStore {
     const fd = this.fd;
     this.syncing = new Promise<void>((done) => {
       fs.fdatasync(fd, (err) => {
+        if (err && !this.broken) {
+          this.broken = new Error(`fdatasync of ${this.logPath} failed (${err.message}): what is on disk is not known`);
+          warn('metanode', `${this.broken.message}; taking no more changes: restart the metanode to replay what the disk has`);
+        }
         for (const w of batch) {
           if (err) w.reject(new CubeFSError(ErrorCode.Invalid, `meta log fdatasync: ${err.message}`));
           else w.resolve();
@@ -291,36 +354,56 @@ export class MetaStore {
     }
   }
 
-  /** Writes a snapshot of everything, then empties the log. */
+  /** compact(), or when that fails (no space): keep the log as it is, try again after it grew further. */
+  private tryCompact(): void {
+    try {
+      this.compact();
+      this.compactAt = this.compactBytes;
+    } catch (e) {
+      this.compactAt = this.logBytes + this.compactBytes;
+      warn('metanode', `no snapshot written (${(e as Error).message}): the log (${this.logBytes} bytes) is kept and replayed as it is`, { key: 'meta-compact' });
+    }
+  }
+
+  /** Writes a snapshot of everything, then empties the log. On failure nothing changed (the temp file goes). */
   compact(): void {
     const tmp = this.snapPath + '.tmp';
-    const fd = fs.openSync(tmp, 'w');
     try {
-      let buf: string[] = [];
-      let n = 0;
-      const flush = (): void => {
-        if (buf.length) fs.writeSync(fd, buf.join(''));
-        buf = [];
-        n = 0;
-      };
-      const put = (e: Effect): void => {
-        buf.push(JSON.stringify([e]) + '\n');
-        if (++n >= 4096) flush();
-      };
-      for (const p of this.partitions.values()) {
-        put({ k: 'P', id: p.id, vol: p.vol, start: p.start, end: p.end, members: p.members });
-        put({ k: 'C', p: p.id, cursor: p.cursor, uniq: p.uniq });
-        for (const id of p.seenUniq) put({ k: 'U', p: p.id, id });
-        for (const v of p.inodes.values()) put({ k: 'I', p: p.id, v });
-        for (const [pino, d] of p.dirs) for (const [name, r] of d.map) put({ k: 'D', p: p.id, pino, name, ino: r.ino, type: r.type });
-        if (p.garbage.size > 0) put({ k: 'G', p: p.id, eks: [...p.garbage.values()] });
+      const fd = fs.openSync(tmp, 'w');
+      try {
+        let buf: Buffer[] = [];
+        let n = 0;
+        const flush = (): void => {
+          if (buf.length) {
+            const b = Buffer.concat(buf);
+            let off = 0;
+            while (off < b.length) off += fs.writeSync(fd, b, off);
+          }
+          buf = [];
+          n = 0;
+        };
+        const put = (e: Effect): void => {
+          buf.push(record([e]));
+          if (++n >= 4096) flush();
+        };
+        for (const p of this.partitions.values()) {
+          put({ k: 'P', id: p.id, vol: p.vol, start: p.start, end: p.end, members: p.members });
+          put({ k: 'C', p: p.id, cursor: p.cursor, uniq: p.uniq });
+          for (const id of p.seenUniq) put({ k: 'U', p: p.id, id });
+          for (const v of p.inodes.values()) put({ k: 'I', p: p.id, v });
+          for (const [pino, d] of p.dirs) for (const [name, r] of d.map) put({ k: 'D', p: p.id, pino, name, ino: r.ino, type: r.type });
+          if (p.garbage.size > 0) put({ k: 'G', p: p.id, eks: [...p.garbage.values()] });
+        }
+        flush();
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
       }
-      flush();
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
+      fs.renameSync(tmp, this.snapPath);
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      throw e;
     }
-    fs.renameSync(tmp, this.snapPath);
     const dfd = fs.openSync(path.dirname(this.snapPath), 'r');
     try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
     if (this.fd !== null) {
@@ -334,8 +417,8 @@ export class MetaStore {
 
   async close(): Promise<void> {
     if (this.fd === null) return;
-    while (this.syncing || this.syncWaiters.length) await (this.syncing ?? this.sync());
-    if (this.logBytes > 0) this.compact();
+    while (this.syncing || this.syncWaiters.length) await (this.syncing ?? this.sync()).catch(() => undefined);
+    if (this.logBytes > 0 && !this.broken) this.tryCompact();
     fs.closeSync(this.fd);
     this.fd = null;
   }
@@ -346,23 +429,37 @@ export class MetaStore {
     return p;
   }
 
-  private replayFile(file: string): void {
-    let text: string;
+  /**
+   * Applies every record of `file`. `cutTornTail` (the log): a damaged or unfinished last record is cut off
+   * the file, with a warning; anywhere else a damaged record stops the start with an error that says where.
+   */
+  private replayFile(file: string, cutTornTail: boolean): void {
+    let buf: Buffer;
     try {
-      text = fs.readFileSync(file, 'utf8');
+      buf = fs.readFileSync(file);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw e;
     }
     let start = 0;
-    while (start < text.length) {
-      const nl = text.indexOf('\n', start);
-      if (nl < 0) break; // torn last line: never acknowledged
-      const line = text.slice(start, nl);
-      start = nl + 1;
-      if (!line) continue;
-      const effects = JSON.parse(line) as Effect[];
+    let line = 0;
+    while (start < buf.length) {
+      const nl = buf.indexOf(0x0a, start);
+      line++;
+      const end = nl < 0 ? buf.length : nl;
+      const effects = nl < 0 ? null : parseRecord(buf.toString('utf8', start, end));
+      if (effects === null) {
+        const rest = buf.length - start;
+        const last = nl < 0 || buf.indexOf(0x0a, nl + 1) < 0 && nl + 1 >= buf.length;
+        if (cutTornTail && last) {
+          fs.truncateSync(file, start);
+          warn('metanode', `${file}: cut off a torn record of ${rest} bytes at offset ${start} (line ${line}): a write that never finished (a crash or a full disk); it was never acknowledged`);
+          return;
+        }
+        throw new Error(`${file}: record ${line} at offset ${start} is damaged (${nl < 0 ? 'unfinished' : 'bad CRC or JSON'}) and ${last ? 'the file is a snapshot' : 'good records follow it'}: refusing to start on a damaged log; move the file aside to start without it`);
+      }
       for (const e of effects) this.apply(e);
+      start = nl + 1;
     }
   }
 }

@@ -32,7 +32,7 @@ import { GoMode, isGoDir, isGoRegular } from '../proto/mode.js';
 import { PacketServer } from '../transport/server.js';
 import { splitAddr } from '../transport/tcp.js';
 import { logger } from '../util/log.js';
-import { garbageKey, MetaPartition, MetaStore, type Effect, type InodeRec } from './meta-store.js';
+import { garbageKey, MetaPartition, MetaStore, StoreFull, type Effect, type InodeRec } from './meta-store.js';
 import { ExtentReclaimer, overlapsInExtent, releasedExtents } from './reclaimer.js';
 import { isTinyExtent } from './extent-store.js';
 import type { DataPartitionView } from '../proto/types.js';
@@ -45,6 +45,12 @@ export interface MetaNodeOptions {
   listen?: string;
   /** How long a released extent waits before the datanodes delete it (default 10 s). */
   reclaimDelayMs?: number;
+  /**
+   * The log can take no more changes (a failed fdatasync): what is on disk is not known, so a node process
+   * exits for its launcher to restart it, and the restart replays what the disk has. Default: keep serving
+   * reads, refuse changes.
+   */
+  onBrokenLog?: (why: Error) => void;
 }
 
 /** A reply with a result code other than Ok. */
@@ -55,6 +61,33 @@ class Reject extends Error {
 }
 
 type Body = Record<string, unknown>;
+
+/**
+ * One request's changes. The inodes it edits are copies (edit(): one copy per inode for the whole request),
+ * published by the effects it pushes; the live state changes only when MetaStore.commit has those effects
+ * in the log (write-ahead). A request that fails, or whose log record cannot be written, changes nothing.
+ */
+class Changes {
+  readonly effects: Effect[] = [];
+  private readonly drafts = new Map<string, InodeRec>();
+
+  push(...e: Effect[]): void {
+    this.effects.push(...e);
+  }
+
+  /** A copy of inode `ino` of `p` to change, or undefined when there is none. */
+  edit(p: MetaPartition, ino: number): InodeRec | undefined {
+    const key = `${p.id}/${ino}`;
+    let d = this.drafts.get(key);
+    if (!d) {
+      const live = p.inodes.get(ino);
+      if (!live) return undefined;
+      d = { ...live, eks: [...live.eks], xattrs: { ...live.xattrs } };
+      this.drafts.set(key, d);
+    }
+    return d;
+  }
+}
 
 interface StagedOp {
   kind: 'create' | 'delete' | 'update';
@@ -81,6 +114,7 @@ export class MetaNode {
   private readonly server: PacketServer;
   readonly reclaimer: ExtentReclaimer;
   private readonly listenAddr: string;
+  private readonly onBrokenLog: ((why: Error) => void) | undefined;
   private address = '';
   private running = false;
   private readonly txs = new Map<string, TxState>();
@@ -91,6 +125,7 @@ export class MetaNode {
   constructor(opts: MetaNodeOptions) {
     this.store = new MetaStore({ dir: opts.dir });
     this.listenAddr = opts.listen ?? '127.0.0.1:0';
+    this.onBrokenLog = opts.onBrokenLog;
     this.server = new PacketServer('metanode', (req) => this.handle(req));
     this.reclaimer = new ExtentReclaimer(this.store, opts.reclaimDelayMs !== undefined ? { delayMs: opts.reclaimDelayMs } : {});
   }
@@ -128,35 +163,44 @@ export class MetaNode {
       return newReply(req, Result.Ok, data);
     } catch (e) {
       if (e instanceof Reject) return newReply(req, e.rc, Buffer.from(e.message));
+      // No room for the log record: this request fails, nothing changed (write-ahead), the next may succeed.
+      if (e instanceof StoreFull) return newReply(req, Result.NoSpace, Buffer.from(e.message));
+      if (this.store.broken) this.onBrokenLog?.(this.store.broken);
       log('op 0x%s failed: %s', req.opcode.toString(16), (e as Error).stack);
       return newReply(req, Result.Err, Buffer.from((e as Error).message));
     }
   }
 
   private dispatch(req: Packet): { body?: unknown; effects: Effect[] } {
+    const fx = new Changes();
+    const out = this.route(req, fx);
+    return { ...(out === undefined ? {} : { body: out }), effects: fx.effects };
+  }
+
+  /** The request's reply body (undefined: none); its changes go to `fx`. */
+  private route(req: Packet, fx: Changes): unknown {
     const op = req.opcode;
     const b = parseBody(req.data);
-    if (op === Op.MetaNodeHeartbeat) return { body: this.heartbeat(b), effects: [] };
-    if (op === 0x40) return this.createPartition(b);
-    if (op === Op.TxCommit || op === Op.TxRollback) return this.txApply(req, b);
+    if (op === Op.MetaNodeHeartbeat) return this.heartbeat(b);
+    if (op === 0x40) return this.createPartition(b, fx);
+    if (op === Op.TxCommit || op === Op.TxRollback) return this.txApply(req, b, fx);
     const p = this.store.partitions.get(req.partitionId);
     if (!p) throw new Reject(Result.Err, `meta partition ${req.partitionId} is not hosted on this metanode`);
-    const fx: Effect[] = [];
     switch (op) {
-      case Op.MetaCreateInode: return { body: this.createInode(p, b, fx), effects: fx };
-      case Op.MetaUnlinkInode: return { body: this.unlinkInode(p, b, fx), effects: fx };
-      case Op.MetaEvictInode: this.evictInode(p, b, fx); return { effects: fx };
-      case Op.MetaLinkInode: return { body: this.linkInode(p, b, fx), effects: fx };
-      case Op.MetaCreateDentry: this.createDentry(p, b, fx); return { effects: fx };
-      case Op.MetaDeleteDentry: return { body: this.deleteDentry(p, b, fx), effects: fx };
-      case Op.MetaUpdateDentry: return { body: this.updateDentry(p, b, fx), effects: fx };
-      case Op.MetaLookup: return { body: this.lookup(p, b), effects: fx };
-      case Op.MetaReadDir: return { body: { children: p.dir(num(b, 'pino'), false)?.list('', 0) ?? [] }, effects: fx };
+      case Op.MetaCreateInode: return this.createInode(p, b, fx);
+      case Op.MetaUnlinkInode: return this.unlinkInode(p, b, fx);
+      case Op.MetaEvictInode: this.evictInode(p, b, fx); return undefined;
+      case Op.MetaLinkInode: return this.linkInode(p, b, fx);
+      case Op.MetaCreateDentry: this.createDentry(p, b, fx); return undefined;
+      case Op.MetaDeleteDentry: return this.deleteDentry(p, b, fx);
+      case Op.MetaUpdateDentry: return this.updateDentry(p, b, fx);
+      case Op.MetaLookup: return this.lookup(p, b);
+      case Op.MetaReadDir: return { children: p.dir(num(b, 'pino'), false)?.list('', 0) ?? [] };
       case Op.MetaReadDirLimit: {
         const d = p.dir(num(b, 'pino'), false);
-        return { body: { children: d?.list(str(b, 'marker', ''), num(b, 'limit', 0)) ?? [] }, effects: fx };
+        return { children: d?.list(str(b, 'marker', ''), num(b, 'limit', 0)) ?? [] };
       }
-      case Op.MetaInodeGet: return { body: { info: inodeInfo(this.read(p, num(b, 'ino'))) }, effects: fx };
+      case Op.MetaInodeGet: return { info: inodeInfo(this.read(p, num(b, 'ino'))) };
       case Op.MetaBatchInodeGet: {
         const inos = b.inos;
         if (!Array.isArray(inos)) throw new Reject(Result.ArgMismatch, 'inos must be an array');
@@ -165,55 +209,53 @@ export class MetaNode {
           const r = typeof x === 'number' ? p.inodes.get(x) : undefined;
           if (r) infos.push(inodeInfo(touched(r)));
         }
-        return { body: { infos }, effects: fx };
+        return { infos };
       }
-      case Op.MetaSetattr: this.setattr(p, b, fx); return { effects: fx };
-      case Op.MetaTruncate: this.truncate(p, b, fx); return { effects: fx };
+      case Op.MetaSetattr: this.setattr(p, b, fx); return undefined;
+      case Op.MetaTruncate: this.truncate(p, b, fx); return undefined;
       case Op.MetaSetXAttr: {
-        const r = this.inode(p, num(b, 'ino'));
+        const r = this.edit(p, num(b, 'ino'), fx);
         r.xattrs[str(b, 'key')] = str(b, 'val', '');
         r.ct = now();
         fx.push({ k: 'I', p: p.id, v: r });
-        return { effects: fx };
+        return undefined;
       }
       case Op.MetaGetXAttr: {
         const r = this.inode(p, num(b, 'ino'));
         const key = str(b, 'key');
-        return { body: { vol: p.vol, pid: p.id, ino: r.ino, key, val: r.xattrs[key] ?? '' }, effects: fx };
+        return { vol: p.vol, pid: p.id, ino: r.ino, key, val: r.xattrs[key] ?? '' };
       }
       case Op.MetaListXAttr: {
         const r = this.inode(p, num(b, 'ino'));
-        return { body: { vol: p.vol, pid: p.id, ino: r.ino, xattrs: Object.keys(r.xattrs) }, effects: fx };
+        return { vol: p.vol, pid: p.id, ino: r.ino, xattrs: Object.keys(r.xattrs) };
       }
       case Op.MetaRemoveXAttr: {
-        const r = this.inode(p, num(b, 'ino'));
         const key = str(b, 'key');
-        if (key in r.xattrs) {
+        if (key in this.inode(p, num(b, 'ino')).xattrs) {
+          const r = this.edit(p, num(b, 'ino'), fx);
           delete r.xattrs[key];
           r.ct = now();
           fx.push({ k: 'I', p: p.id, v: r });
         }
-        return { effects: fx };
+        return undefined;
       }
       case Op.MetaExtentsList: {
         const r = this.read(p, num(b, 'ino'));
-        return { body: { gen: r.gen, sz: r.sz, eks: r.eks.length ? r.eks.map(wireEk) : null, layer: null, Status: 0, leaseExpireTime: 0 }, effects: fx };
+        return { gen: r.gen, sz: r.sz, eks: r.eks.length ? r.eks.map(wireEk) : null, layer: null, Status: 0, leaseExpireTime: 0 };
       }
-      case Op.MetaExtentAddWithCheck: this.addExtent(p, b, true, fx); return { effects: fx };
-      case Op.MetaExtentsAdd: this.addExtent(p, b, false, fx); return { effects: fx };
+      case Op.MetaExtentAddWithCheck: this.addExtent(p, b, true, fx); return undefined;
+      case Op.MetaExtentsAdd: this.addExtent(p, b, false, fx); return undefined;
       case Op.MetaGetUniqID: {
         const n = num(b, 'num', 1);
         if (n < 1) throw new Reject(Result.ArgMismatch, 'num must be at least 1');
-        const start = p.uniq + 1;
-        p.uniq += n;
-        fx.push({ k: 'C', p: p.id, cursor: p.cursor, uniq: p.uniq });
-        return { body: { start }, effects: fx };
+        fx.push({ k: 'C', p: p.id, cursor: p.cursor, uniq: p.uniq + n });
+        return { start: p.uniq + 1 };
       }
-      case Op.MetaRenewalForbiddenMigration: return { effects: fx };
-      case Op.MetaTxCreate: return { body: this.txCreate(p, b), effects: fx };
-      case Op.MetaTxCreateDentry: return { body: this.txDentry(p, b, 'create'), effects: fx };
-      case Op.MetaTxDeleteDentry: return { body: this.txDentry(p, b, 'delete'), effects: fx };
-      case Op.MetaTxUpdateDentry: return { body: this.txDentry(p, b, 'update'), effects: fx };
+      case Op.MetaRenewalForbiddenMigration: return undefined;
+      case Op.MetaTxCreate: return this.txCreate(p, b);
+      case Op.MetaTxCreateDentry: return this.txDentry(p, b, 'create');
+      case Op.MetaTxDeleteDentry: return this.txDentry(p, b, 'delete');
+      case Op.MetaTxUpdateDentry: return this.txDentry(p, b, 'update');
       default:
         throw new Reject(Result.ArgMismatch, `opcode 0x${op.toString(16)} is not served by this metanode`);
     }
@@ -221,7 +263,7 @@ export class MetaNode {
 
   // --- admin ---
 
-  private createPartition(b: Body): { effects: Effect[] } {
+  private createPartition(b: Body, fx: Changes): undefined {
     const id = num(b, 'PartitionID');
     const start = num(b, 'Start');
     const end = num(b, 'End');
@@ -231,15 +273,15 @@ export class MetaNode {
     const have = this.store.partitions.get(id);
     if (have) {
       if (have.vol !== vol || have.start !== start) throw new Reject(Result.Exist, `meta partition ${id} exists with another volume or range`);
-      return { effects: [] };
+      return undefined;
     }
-    const fx: Effect[] = [{ k: 'P', id, vol, start, end, members }];
+    fx.push({ k: 'P', id, vol, start, end, members });
     if (start === 0) {
       const t = now();
       fx.push({ k: 'I', p: id, v: newInode(1, GoMode.Dir + 0o777, 0, 0, null, t) });
       fx.push({ k: 'C', p: id, cursor: 1, uniq: 0 });
     }
-    return { effects: fx };
+    return undefined;
   }
 
   /** The master's heartbeat: answers partition stats; takes the data partitions it sends (for the reclaimer). */
@@ -267,12 +309,19 @@ export class MetaNode {
     return r;
   }
 
+  /** A copy of the inode for `fx` to change (Changes.edit), or NotExist. */
+  private edit(p: MetaPartition, ino: number, fx: Changes): InodeRec {
+    const r = fx.edit(p, ino);
+    if (!r) throw new Reject(Result.NotExist, `inode ${ino} not found in meta partition ${p.id}`);
+    return r;
+  }
+
   /** An inode being read: its atime becomes now, in memory, as upstream's getInode does (not logged). */
   private read(p: MetaPartition, ino: number): InodeRec {
     return touched(this.inode(p, ino));
   }
 
-  private createInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+  private createInode(p: MetaPartition, b: Body, fx: Changes): unknown {
     const mode = num(b, 'mode');
     const tgt = b.tgt === null || b.tgt === undefined ? null : str(b, 'tgt');
     if (p.full) throw new Reject(Result.InodeFull, `meta partition ${p.id} has no free inode numbers`);
@@ -282,8 +331,8 @@ export class MetaNode {
     return { info: inodeInfo(r) };
   }
 
-  private unlinkInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
-    const r = this.inode(p, num(b, 'ino'));
+  private unlinkInode(p: MetaPartition, b: Body, fx: Changes): unknown {
+    const r = this.edit(p, num(b, 'ino'), fx);
     const uid = num(b, 'uid', 0);
     if (uid !== 0 && p.seenUniq.has(uid)) return { info: inodeInfo(r) };
     if (isGoDir(r.mode)) {
@@ -297,7 +346,7 @@ export class MetaNode {
     return { info: inodeInfo(r) };
   }
 
-  private evictInode(p: MetaPartition, b: Body, fx: Effect[]): void {
+  private evictInode(p: MetaPartition, b: Body, fx: Changes): void {
     const r = this.inode(p, num(b, 'ino'));
     if (r.nlink === 0) {
       fx.push({ k: 'i', p: p.id, ino: r.ino });
@@ -309,7 +358,7 @@ export class MetaNode {
    * Extents `before` names and `after` does not go to the garbage. `added` (a key just recorded) takes its
    * extent back out of it: a writer may record a key of an extent another client's truncate released.
    */
-  private release(p: MetaPartition, before: ExtentKey[], after: ExtentKey[], fx: Effect[], added?: ExtentKey): void {
+  private release(p: MetaPartition, before: ExtentKey[], after: ExtentKey[], fx: Changes, added?: ExtentKey): void {
     const gone = releasedExtents(before, after);
     if (gone.length > 0) fx.push({ k: 'G', p: p.id, eks: gone });
     if (!added || p.garbage.size === 0) return;
@@ -323,8 +372,8 @@ export class MetaNode {
     if (back.length > 0) fx.push({ k: 'g', p: p.id, eks: back });
   }
 
-  private linkInode(p: MetaPartition, b: Body, fx: Effect[]): unknown {
-    const r = this.inode(p, num(b, 'ino'));
+  private linkInode(p: MetaPartition, b: Body, fx: Changes): unknown {
+    const r = this.edit(p, num(b, 'ino'), fx);
     if (r.nlink === 0) throw new Reject(Result.NotExist, `inode ${r.ino} is unlinked`);
     r.nlink++;
     r.ct = now();
@@ -332,8 +381,8 @@ export class MetaNode {
     return { info: inodeInfo(r) };
   }
 
-  private setattr(p: MetaPartition, b: Body, fx: Effect[]): void {
-    const r = this.inode(p, num(b, 'ino'));
+  private setattr(p: MetaPartition, b: Body, fx: Changes): void {
+    const r = this.edit(p, num(b, 'ino'), fx);
     const valid = num(b, 'valid', 0);
     if (valid & 1) r.mode = r.mode - permBits(r.mode) + permBits(num(b, 'mode'));
     if (valid & 2) r.uid = num(b, 'uid');
@@ -344,8 +393,8 @@ export class MetaNode {
     fx.push({ k: 'I', p: p.id, v: r });
   }
 
-  private truncate(p: MetaPartition, b: Body, fx: Effect[]): void {
-    const r = this.inode(p, num(b, 'ino'));
+  private truncate(p: MetaPartition, b: Body, fx: Changes): void {
+    const r = this.edit(p, num(b, 'ino'), fx);
     if (!isGoRegular(r.mode)) throw new Reject(Result.ArgMismatch, `inode ${r.ino} is not a regular file`);
     const sz = num(b, 'sz');
     // Upstream: no extent list yet (nothing ever recorded), so ExtentsTruncate leaves size and times alone.
@@ -364,8 +413,8 @@ export class MetaNode {
     fx.push({ k: 'I', p: p.id, v: r });
   }
 
-  private addExtent(p: MetaPartition, b: Body, check: boolean, fx: Effect[]): void {
-    const r = this.inode(p, num(b, 'ino'));
+  private addExtent(p: MetaPartition, b: Body, check: boolean, fx: Changes): void {
+    const r = this.edit(p, num(b, 'ino'), fx);
     const ek = parseEk(b.ek);
     const dek = check && Array.isArray(b.dek) ? b.dek.map(parseEk) : [];
     if (ek.Size <= 0) throw new Reject(Result.ArgMismatch, 'extent key size must be positive');
@@ -408,30 +457,30 @@ export class MetaNode {
     else this.locks.delete(lockKey(pino, name));
   }
 
-  private createDentry(p: MetaPartition, b: Body, fx: Effect[]): void {
+  private createDentry(p: MetaPartition, b: Body, fx: Changes): void {
     const pino = num(b, 'pino');
     const name = dentryName(b);
     const ino = num(b, 'ino');
     const type = num(b, 'mode');
-    const par = this.parentDir(p, pino);
+    this.parentDir(p, pino);
     this.checkUnlocked(pino, name);
     const have = p.dir(pino, false)?.get(name);
     if (have) {
       if (have.ino === ino) return;
       throw new Reject(Result.Exist, `dentry ${pino}/${name} exists`);
     }
-    this.putDentry(p, par, pino, name, ino, type, fx);
+    this.putDentry(p, this.edit(p, pino, fx), pino, name, ino, type, fx);
   }
 
-  private putDentry(p: MetaPartition, par: InodeRec, pino: number, name: string, ino: number, type: number, fx: Effect[]): void {
+  private putDentry(p: MetaPartition, par: InodeRec, pino: number, name: string, ino: number, type: number, fx: Changes): void {
     par.nlink++;
     par.mt = par.ct = now();
     fx.push({ k: 'D', p: p.id, pino, name, ino, type }, { k: 'I', p: p.id, v: par });
   }
 
-  private dropDentry(p: MetaPartition, pino: number, name: string, fx: Effect[]): void {
+  private dropDentry(p: MetaPartition, pino: number, name: string, fx: Changes): void {
     fx.push({ k: 'd', p: p.id, pino, name });
-    const par = p.inodes.get(pino);
+    const par = fx.edit(p, pino);
     if (par) {
       if (par.nlink > 2) par.nlink--;
       par.mt = par.ct = now();
@@ -439,7 +488,7 @@ export class MetaNode {
     }
   }
 
-  private deleteDentry(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+  private deleteDentry(p: MetaPartition, b: Body, fx: Changes): unknown {
     const pino = num(b, 'pino');
     const name = str(b, 'name');
     const have = p.dir(pino, false)?.get(name);
@@ -449,7 +498,7 @@ export class MetaNode {
     return { ino: have.ino };
   }
 
-  private updateDentry(p: MetaPartition, b: Body, fx: Effect[]): unknown {
+  private updateDentry(p: MetaPartition, b: Body, fx: Changes): unknown {
     const pino = num(b, 'pino');
     const name = str(b, 'name');
     const ino = num(b, 'ino');
@@ -457,7 +506,7 @@ export class MetaNode {
     if (!have) throw new Reject(Result.NotExist, `dentry ${pino}/${name} not found`);
     this.checkUnlocked(pino, name);
     fx.push({ k: 'D', p: p.id, pino, name, ino, type: have.type });
-    const par = p.inodes.get(pino);
+    const par = fx.edit(p, pino);
     if (par) {
       par.mt = par.ct = now();
       fx.push({ k: 'I', p: p.id, v: par });
@@ -537,7 +586,7 @@ export class MetaNode {
     return reply;
   }
 
-  private txApply(req: Packet, b: Body): { body?: unknown; effects: Effect[] } {
+  private txApply(req: Packet, b: Body, fx: Changes): unknown {
     const id = str(b, 'tx');
     const type = num(b, 'type', TX_COMMIT);
     const tx = this.txs.get(id);
@@ -547,7 +596,6 @@ export class MetaNode {
       this.dropTx(tx);
       throw new Reject(Result.NotExist, `transaction ${id} expired`);
     }
-    const fx: Effect[] = [];
     if (commit) {
       for (const o of tx.ops) {
         const p = this.store.partitions.get(o.p);
@@ -556,20 +604,20 @@ export class MetaNode {
           this.dropDentry(p, o.pino, o.name, fx);
         } else if (o.kind === 'update') {
           fx.push({ k: 'D', p: p.id, pino: o.pino, name: o.name, ino: o.ino, type: o.type });
-          const par = p.inodes.get(o.pino);
+          const par = fx.edit(p, o.pino);
           if (par) {
             par.mt = par.ct = now();
             fx.push({ k: 'I', p: p.id, v: par });
           }
         } else {
-          const par = p.inodes.get(o.pino);
+          const par = fx.edit(p, o.pino);
           if (!par) throw new Reject(Result.NotExist, `parent inode ${o.pino} vanished`);
           this.putDentry(p, par, o.pino, o.name, o.ino, o.type, fx);
         }
       }
     }
     this.dropTx(tx);
-    return { body: { tx: id, tmid: tx.tmId, type }, effects: fx };
+    return { tx: id, tmid: tx.tmId, type };
   }
 
   private dropTx(tx: TxState): void {

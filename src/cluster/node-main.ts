@@ -38,7 +38,11 @@ async function main(): Promise<void> {
       });
       break;
     case 'metanode':
-      node = new MetaNode({ dir, listen: values.listen });
+      node = new MetaNode({
+        dir, listen: values.listen,
+        // What is on disk is not known after a failed fdatasync: exit, and the restart replays the disk.
+        onBrokenLog: () => setTimeout(() => process.exit(75), 100).unref(),
+      });
       break;
     case 'datanode':
       if (values.rdma !== undefined && values.rdma !== 'auto' && values.rdma !== 'off') throw new Error('--rdma must be auto or off');
