@@ -44,7 +44,7 @@ import { RdmaConnection, RdmaContext, RdmaListener, rdmaDevices, type RdmaReques
 import { nextReqId } from '../transport/reqid.js';
 import { PacketServer, type RequestContext } from '../transport/server.js';
 import { ConnPool } from '../transport/tcp.js';
-import { logger } from '../util/log.js';
+import { logger, warn } from '../util/log.js';
 import { EXTENT_SIZE_LIMIT, ExtentNotExist, ExtentStore, isTinyExtent } from './extent-store.js';
 
 const log = logger('datanode');
@@ -54,6 +54,8 @@ const MAX_READ_REQUEST = 16 * 1024 * 1024;
 /** An RDMA read is loaded and RDMA-Written in chunks of this size, so disk and wire overlap. */
 const RDMA_READ_CHUNK = 256 * 1024;
 const NO_TINY_TEXT = 'GetAvailableTinyExtent error no available extent';
+/** How often the free space of the disk is looked at again. */
+const CAPACITY_REFRESH_MS = 1_000;
 /** What a replica that is not the raft leader answers, as upstream's datanode words it (action_error). */
 const NOT_LEADER_READ = 'ActionStreamRead_raft is not the leader.';
 const NOT_LEADER_WRITE = 'ActionWrite:_raft is not the leader.';
@@ -119,6 +121,7 @@ export class DataNode {
   private readonly parts = new Map<number, ExtentStore>();
   private address = '';
   private capacity = 0;
+  private capacityTimer: NodeJS.Timeout | null = null;
   private readonly counters = { requests: 0, writes: 0, reads: 0, forwarded: 0, errors: 0, notLeader: 0, rdmaWrites: 0, rdmaReads: 0, rdmaForwards: 0 };
   private rdma: RdmaServing | null = null;
   private readonly tiny: boolean;
@@ -166,14 +169,12 @@ export class DataNode {
         const st = await ExtentStore.open(this.opts.dir, { VolName: '', PartitionID: Number(name), Hosts: [] }, false);
         this.parts.set(st.meta.PartitionID, st);
       } catch (e) {
-        log('partition %s not loaded: %s', name, (e as Error).message);
+        warn('datanode', `${this.opts.dir}: data partition ${name} not loaded: ${(e as Error).message}`);
       }
     }
-    if (this.opts.capacityBytes !== undefined) this.capacity = this.opts.capacityBytes;
-    else {
-      const s = await fsp.statfs(this.opts.dir);
-      this.capacity = s.bavail * s.bsize + this.used();
-    }
+    await this.refreshCapacity();
+    this.capacityTimer = setInterval(() => void this.refreshCapacity(), CAPACITY_REFRESH_MS);
+    this.capacityTimer.unref();
     this.pool = new ConnPool(4);
     const server = new PacketServer('datanode', (req, ctx) => this.handle(req, ctx), { closeAfterError: true });
     const { host, port } = parseListen(this.opts.listen ?? '127.0.0.1:0');
@@ -190,7 +191,25 @@ export class DataNode {
     return this.address;
   }
 
+  /**
+   * What this node may still hold: its extents plus the file system's free space now (a disk that other files
+   * fill is full for us too), and never more than a configured capacityBytes. A write that would pass it is
+   * answered DiskNoSpace at once.
+   */
+  private async refreshCapacity(): Promise<void> {
+    try {
+      const s = await fsp.statfs(this.opts.dir);
+      const real = s.bavail * s.bsize + this.used();
+      this.capacity = this.opts.capacityBytes !== undefined ? Math.min(this.opts.capacityBytes, real) : real;
+    } catch (e) {
+      if (this.opts.capacityBytes !== undefined) this.capacity = this.opts.capacityBytes;
+      log('statfs %s: %s', this.opts.dir, (e as Error).message);
+    }
+  }
+
   async stop(): Promise<void> {
+    if (this.capacityTimer) clearInterval(this.capacityTimer);
+    this.capacityTimer = null;
     const server = this.server;
     if (!server) return;
     this.server = null;
@@ -220,11 +239,17 @@ export class DataNode {
       if (e instanceof ExtentNotExist) return errReply(req, Result.NotExist, e.message);
       if (e instanceof FollowerError) return errReply(req, Result.IntraGroupNet, `datanode ${this.address}: ${e.message}`);
       if (e instanceof NoSpace || (e as NodeJS.ErrnoException).code === 'ENOSPC') {
+        this.full((e as Error).message);
         return errReply(req, Result.DiskNoSpace, `datanode ${this.address}: no space: ${(e as Error).message}`);
       }
       log('%s: op 0x%s failed: %s', this.address, req.opcode.toString(16), (e as Error).message);
       return errReply(req, Result.Err, `datanode ${this.address}: ${(e as Error).message}`);
     }
+  }
+
+  /** Said once a minute while it lasts: writes are answered DiskNoSpace, reads and overwrites go on. */
+  private full(why: string): void {
+    warn('datanode', `${this.address}: disk full (${this.opts.dir}; ${why}): new data is refused with DiskNoSpace, reads and overwrites go on`, { key: `full-${this.address}` });
   }
 
   private async dispatch(req: Packet): Promise<Packet | Packet[]> {
@@ -357,7 +382,9 @@ export class DataNode {
     }
     const growth = tinyAlloc ? data.length + 4095 : part.growth(extentId, extentOffset, data.length);
     if (growth > 0 && this.used() + growth > this.capacity) {
-      return errReply(req, Result.DiskNoSpace, `datanode ${this.address}: disk full: ${this.used()} of ${this.capacity} bytes used, write needs ${growth} more`);
+      const why = `${this.used()} of ${this.capacity} bytes used, write needs ${growth} more`;
+      this.full(why);
+      return errReply(req, Result.DiskNoSpace, `datanode ${this.address}: disk full: ${why}`);
     }
     if (tinyAlloc) {
       try {

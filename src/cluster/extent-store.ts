@@ -138,7 +138,10 @@ export class ExtentStore {
       else if (id >= st.meta.NextExtentId) st.meta.NextExtentId = id + 1;
     }
     st.reservedUntil = st.meta.NextExtentId;
-    await st.persist();
+    // A new partition's meta.json must exist; an existing one's is still right if this write fails (a full disk).
+    await st.persist().catch((e: NodeJS.ErrnoException) => {
+      if (create || e.code !== 'ENOSPC') throw e;
+    });
     return st;
   }
 

@@ -33,7 +33,7 @@ import { Result, resultName } from '../proto/result.js';
 import { ConnPool } from '../transport/tcp.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
-import { logger } from '../util/log.js';
+import { logger, notice, warn } from '../util/log.js';
 
 const log = logger('master-server');
 
@@ -398,7 +398,9 @@ export class Master {
       if (this.stopped) return;
       const was = this.alive.get(addr);
       this.alive.set(addr, ok);
-      if (was !== ok) log('node %s %s%s', addr, ok ? 'alive' : 'not answering', why ? `: ${why}` : '');
+      if (was === ok) return;
+      if (!ok) warn('master', `node ${addr} is not answering its heartbeat${why ? ` (${why})` : ''}: its partitions are read-only until it answers`);
+      else if (was === false) notice('master', `node ${addr} answers again`);
     };
     await Promise.all([
       ...this.opts.metanodes.map(async (addr) => {
@@ -469,7 +471,7 @@ export class Master {
       return false;
     }
     this.state = next;
-    for (const m of moves) log('%s', m);
+    for (const m of moves) notice('master', m);
     return true;
   }
 
@@ -529,9 +531,21 @@ export class Master {
     return { used, inodes, dentries };
   }
 
+  /**
+   * The volume's capacity, or less: what its datanodes can still take. Every data partition has a replica on
+   * each of the volume's hosts here, so the fullest host bounds what more can be written; `df` on a mount then
+   * shows the disks' real room, not a nominal 100 GB.
+   */
+  private volTotal(v: VolRecord, used: number): number {
+    const hosts = new Set(v.dps.flatMap((dp) => dp.hosts));
+    const free = [...hosts].map((h) => this.dnReports.get(h)?.Available).filter((a): a is number => a !== undefined);
+    const nominal = v.capacityGB * GB;
+    return free.length === 0 ? nominal : Math.min(nominal, used + Math.min(...free));
+  }
+
   private volStat(v: VolRecord): Record<string, unknown> {
-    const total = v.capacityGB * GB;
     const u = this.volUsage(v);
+    const total = this.volTotal(v, u.used);
     return {
       Name: v.name,
       TotalSize: total,

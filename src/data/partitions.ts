@@ -6,6 +6,7 @@
  * excluded the selector waits (growing, bounded by the caller's deadline), refreshes the source and
  * forgets the exclusions: a datanode that was down may be back.
  */
+import { constants as osc } from 'node:os';
 import { PartitionStatus, Result, resultRetryable, type DataPartitionView, type Packet } from '../proto/index.js';
 import type { CheckoutPool } from '../transport/checkout-pool.js';
 import type { RdmaPath } from './rdma.js';
@@ -50,21 +51,34 @@ export function countTcp(core: DataCore, kind: 'writes' | 'reads'): void {
 
 export class PartitionSelector {
   private readonly excluded = new Map<number, number>();
+  /** Partitions that answered DiskNoSpace, until when. */
+  private readonly full = new Map<number, number>();
   private rr = Math.floor(Math.random() * 1024);
 
   constructor(private readonly source: DataPartitionSource) {}
 
-  exclude(pid: number): void {
-    this.excluded.set(pid, Date.now() + EXCLUDE_MS);
+  /** Leave `pid` out of new extents for a while; `full`: it answered DiskNoSpace. */
+  exclude(pid: number, full = false): void {
+    const until = Date.now() + EXCLUDE_MS;
+    this.excluded.set(pid, until);
+    if (full) this.full.set(pid, until);
   }
 
-  /** A read-write partition not excluded; waits and refreshes while there is none, until `deadline`. */
+  /**
+   * A read-write partition not excluded; waits and refreshes while there is none, until `deadline`. When
+   * every read-write partition answered DiskNoSpace lately, the cluster is full: ENOSPC at once, no wait.
+   */
   async pick(deadline: number, lastErr?: Error): Promise<DataPartitionView> {
     for (let attempt = 0; ; attempt++) {
       const now = Date.now();
       const rw = this.source.dataPartitions().filter((p) => p.Status === PartitionStatus.ReadWrite && p.Hosts.length > 0);
       const ok = rw.filter((p) => (this.excluded.get(p.PartitionID) ?? 0) <= now);
       if (ok.length > 0) return ok[this.rr++ % ok.length]!;
+      if (rw.length > 0 && rw.every((p) => (this.full.get(p.PartitionID) ?? 0) > now)) {
+        throw new CubeFSError(ErrorCode.NoPartition, `every read-write data partition is full (${rw.length}; last: ${lastErr?.message ?? 'DiskNoSpace'})`, {
+          errno: osc.errno.ENOSPC, cause: lastErr,
+        });
+      }
       if (now >= deadline) {
         const why = rw.length === 0 ? 'no read-write data partition' : `all ${rw.length} read-write data partitions failed`;
         throw new CubeFSError(ErrorCode.NoPartition, `${why}${lastErr ? `; last error: ${lastErr.message}` : ''}`, {
@@ -117,6 +131,12 @@ export function remainingFollowers(dp: DataPartitionView): number {
 export function replyError(p: Packet, what: string): CubeFSError {
   const text = p.data.length > 0 ? p.data.toString('utf8') : undefined;
   return CubeFSError.fromResult(p.resultCode, what, text, resultRetryable(p.resultCode) || p.resultCode === Result.IntraGroupNet);
+}
+
+/** The datanode (or the cluster) has no room: DiskNoSpace, NoSpace, ENOSPC. */
+export function isDiskFull(e: unknown): boolean {
+  if (!(e instanceof CubeFSError)) return false;
+  return e.result === Result.DiskNoSpace || e.result === Result.NoSpace || e.errno === osc.errno.ENOSPC;
 }
 
 export function isRetryable(e: unknown): boolean {

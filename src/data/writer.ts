@@ -29,7 +29,7 @@ import type { PacketConn } from '../transport/tcp.js';
 import type { RdmaConnection } from '../transport/rdma.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { backoffMs, countTcp, followerArg, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
+import { backoffMs, countTcp, followerArg, isDiskFull, log, remainingFollowers, replyError, type DataCore } from './partitions.js';
 import { toPartition } from './route.js';
 
 export const EXTENT_SIZE_LIMIT = 128 * 1024 * 1024;
@@ -195,7 +195,8 @@ export class ExtentWriter {
       } catch (e) {
         if (conn) core.conns.release(conn, false);
         this.lastErr = e as Error;
-        if (dp) core.parts.exclude(dp.PartitionID);
+        const full = isDiskFull(e);
+        if (dp) core.parts.exclude(dp.PartitionID, full);
         log('ino %d: new extent failed: %s', this.owner.ino, (e as Error).message);
         if (Date.now() >= deadline || !isRetryableWrite(e as Error) || (e instanceof CubeFSError && e.code === ErrorCode.NoPartition)) {
           this.state = 'failed';
@@ -204,7 +205,8 @@ export class ExtentWriter {
           for (const p of q) p.reject(e as Error);
           return;
         }
-        await sleep(backoffMs(attempt));
+        // A full partition: another one at once (none left is ENOSPC from pick); anything else waits a little.
+        if (!full) await sleep(backoffMs(attempt));
       }
     }
   }
@@ -320,7 +322,7 @@ export class ExtentWriter {
     if (this.conn) this.owner.core.conns.release(this.conn, false);
     this.conn = null;
     this.rconn = null;
-    this.owner.core.parts.exclude(this.dp!.PartitionID);
+    this.owner.core.parts.exclude(this.dp!.PartitionID, isDiskFull(e));
     const pieces = this.inflight.map((f) => f.piece);
     this.inflight = [];
     log('ino %d: extent %d failed (%s); %d pieces move to a new extent', this.owner.ino, this.extentId, e.message, pieces.length);
@@ -380,9 +382,10 @@ export async function tinyWrite(core: DataCore, p: WritePiece): Promise<ExtentKe
     } catch (e) {
       if (e instanceof NoTinyExtent) throw e;
       lastErr = e as Error;
-      if (dp) core.parts.exclude(dp.PartitionID);
+      const full = isDiskFull(e);
+      if (dp) core.parts.exclude(dp.PartitionID, full);
       if (!isRetryableWrite(lastErr) || Date.now() >= p.deadline || (e instanceof CubeFSError && e.code === ErrorCode.NoPartition)) throw e;
-      await sleep(backoffMs(attempt));
+      if (!full) await sleep(backoffMs(attempt));
     }
   }
 }

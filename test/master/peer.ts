@@ -47,7 +47,7 @@ export class TestAdminPeer {
         return newReply(req, Result.Ok, Buffer.from(JSON.stringify({ Partitions: this.partitions })));
       case Op.DataNodeHeartbeat:
         if (this.silent) return null;
-        return newReply(req, Result.Ok, Buffer.from(JSON.stringify({ Total: 100 << 30, Used: 1 << 30, Available: 99 << 30, Partitions: [] })));
+        return newReply(req, Result.Ok, Buffer.from(JSON.stringify({ Total: 100 * 2 ** 30, Used: 2 ** 30, Available: 99 * 2 ** 30, Partitions: [] })));
       default:
         return newReply(req, Result.Err, Buffer.from(`test peer: op 0x${req.opcode.toString(16)} not served`));
     }
