@@ -5,7 +5,8 @@
  * fuse.json uses upstream's client keys (proto/mount_options.go): masterAddr, mountPoint, volName, owner,
  * logDir, logLevel, attrValid and lookupValid (seconds; a negative value means the default), rdonly,
  * fsyncOnClose, writecache (FUSE writeback cache), followerRead, nearRead, enableXattr, subdir; and ours:
- * writeBehind (default true),
+ * writeBehind (default true), flushInterval (seconds, default 5: how often a file being written has its extents
+ * recorded besides fsync and close),
  * rdma, rdmaPort, rdmaPoolMB. Upstream keys this client does not implement are warned about and ignored, as are keys nobody knows; `subdir` is refused (mounting a sub-directory is not supported yet).
  *
  * `-o` mixes three kinds: our keys (the same as fuse.json, plus short forms master=, vol=, ro), FUSE/VFS
@@ -42,6 +43,8 @@ export interface MountSettings {
   followerRead?: boolean;
   /** With followerRead, the nearest replica first (upstream's nearRead). */
   nearRead?: boolean;
+  /** Seconds between recordings of a written file's extents while it stays open (ours; default 5, 0: at fsync and close only). */
+  flushInterval?: number;
   /** Options for the kernel mount (noatime, nosuid, ...). */
   fuseOptions: string[];
   logDir: string;
@@ -68,6 +71,12 @@ function rdmaPort(v: unknown, where: string): number | 'same' {
   if (v === 'same') return 'same';
   const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v.trim()) ? Number(v) : NaN;
   if (!Number.isInteger(n) || n < 1 || n > 65535) throw new CliError(`${where}: "${String(v)}" is not a port (1..65535) or "same"`, 2);
+  return n;
+}
+
+function flushSeconds(v: unknown, where: string): number {
+  const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN;
+  if (!Number.isFinite(n) || n < 0 || n > 3600) throw new CliError(`${where}: "${String(v)}" is not a number of seconds (0..3600; 0: only at fsync and close)`, 2);
   return n;
 }
 
@@ -202,6 +211,7 @@ export function readConfigFile(file: string, warn: (msg: string) => void): Parti
       case 'writeBehind': out.writeBehind = bool(v, where); break;
       case 'followerRead': out.followerRead = bool(v, where); break;
       case 'nearRead': out.nearRead = bool(v, where); break;
+      case 'flushInterval': out.flushInterval = flushSeconds(v, where); break;
       case 'enableXattr':
         if (!bool(v, where)) warn(`${where}: extended attributes are always enabled in this client`);
         break;
@@ -244,6 +254,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       case 'writeBehind': case 'writebehind': out.writeBehind = val === undefined ? true : bool(val, where); continue;
       case 'followerRead': out.followerRead = val === undefined ? true : bool(val, where); continue;
       case 'nearRead': out.nearRead = val === undefined ? true : bool(val, where); continue;
+      case 'flushInterval': out.flushInterval = flushSeconds(need(), where); continue;
       case 'enableXattr': if (val !== undefined && !bool(val, where)) warn(`${where}: extended attributes are always enabled in this client`); continue;
       case 'subdir': refuseSubdir(val, where); continue;
       case 'rdma': out.rdma = rdmaMode(need(), where); continue;
@@ -260,7 +271,7 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       if (!FUSE_IMPLIED.has(key) && !out.fuseOptions!.includes(item)) out.fuseOptions!.push(item);
       continue;
     }
-    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, writeBehind=, followerRead=, nearRead=, rdma=, rdmaPort=, rdmaPoolMB=; `
+    const msg = `${where}: unknown mount option (ours: master=, vol=, owner=, config=, attrValid=, lookupValid=, ro, fsyncOnClose, writecache=, writeBehind=, followerRead=, nearRead=, flushInterval=, rdma=, rdmaPort=, rdmaPoolMB=; `
       + 'FUSE: noatime, nosuid, nodev, noexec, ...)';
     if (sloppy) warn(`${msg}, ignored`);
     else throw new CliError(msg, 2);
@@ -312,6 +323,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (m.writeBehind !== undefined) s.writeBehind = m.writeBehind;
   if (m.followerRead !== undefined) s.followerRead = m.followerRead;
   if (m.nearRead !== undefined) s.nearRead = m.nearRead;
+  if (m.flushInterval !== undefined) s.flushInterval = m.flushInterval;
   if (m.logLevel !== undefined) s.logLevel = m.logLevel;
   if (m.logFile !== undefined) s.logFile = m.logFile;
   if (m.rdma !== undefined) s.rdma = m.rdma;
@@ -331,6 +343,7 @@ export function settingsToArgv(s: MountSettings): string[] {
   if (s.writeBehind !== undefined) o.push(`writeBehind=${s.writeBehind}`);
   if (s.followerRead !== undefined) o.push(`followerRead=${s.followerRead}`);
   if (s.nearRead !== undefined) o.push(`nearRead=${s.nearRead}`);
+  if (s.flushInterval !== undefined) o.push(`flushInterval=${s.flushInterval}`);
   if (s.rdma !== undefined) o.push(`rdma=${s.rdma}`);
   if (s.rdmaPort !== undefined) o.push(`rdmaPort=${s.rdmaPort}`);
   if (s.rdmaPoolMB !== undefined) o.push(`rdmaPoolMB=${s.rdmaPoolMB}`);

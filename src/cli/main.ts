@@ -38,6 +38,9 @@ be) and the mount lives on in its own process, logging to LOGDIR/VOL.log (defaul
                                             other clients give cached files are not seen
   followerRead  nearRead                    read from any replica (default: the partition's raft leader,
                                             or any replica if the volume has FollowerRead); nearest first
+  flushInterval=SEC                         record a file's written extents at least this often while it
+                                            stays open (default 5; 0: only at fsync and close), which
+                                            bounds what a killed mount loses
   rdma=auto|on|off  rdmaPort=N|same         data path (as --rdma); the datanodes' RDMA port (default 17360;
   rdmaPoolMB=MB                             "same": their TCP port, as the embedded cluster); pool (256)
   noatime nosuid nodev noexec ...           FUSE and VFS mount options, passed to the kernel
@@ -45,7 +48,7 @@ be) and the mount lives on in its own process, logging to LOGDIR/VOL.log (defaul
 
 fuse.json (upstream's keys): masterAddr, mountPoint, volName, owner, logDir, logLevel (debug, info, warn,
 error), attrValid, lookupValid, rdonly, fsyncOnClose, writecache, followerRead, nearRead, and ours: writeBehind,
-rdma, rdmaPort, rdmaPoolMB. Flags on the command line override the file.
+flushInterval, rdma, rdmaPort, rdmaPoolMB. Flags on the command line override the file.
 
 Examples:
   cubefs-mount /mnt/cubefs --master 127.0.0.1:17010 --vol cubefs --owner cubefs

@@ -97,6 +97,7 @@ export async function runForeground(s: MountSettings): Promise<number> {
       ...(s.writeBehind !== undefined ? { writeBehind: s.writeBehind } : {}),
       ...(s.followerRead !== undefined ? { followerRead: s.followerRead } : {}),
       ...(s.nearRead !== undefined ? { nearRead: s.nearRead } : {}),
+      ...(s.flushInterval !== undefined ? { flushIntervalMs: s.flushInterval * 1000 } : {}),
       rdma: s.rdma ?? 'auto',
       ...(s.rdmaPort !== undefined ? { rdmaPort: s.rdmaPort } : {}),
       ...(s.rdmaPoolMB !== undefined ? { rdmaPoolMB: s.rdmaPoolMB } : {}),

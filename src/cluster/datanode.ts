@@ -281,6 +281,8 @@ export class DataNode {
         return this.read(part, req);
       case Op.MarkDelete:
         return this.markDelete(part, req);
+      case Op.GetAllWatermarks:
+        return this.watermarks(part, req);
       default:
         return errReply(req, Result.Err, `datanode ${this.address}: unsupported opcode 0x${req.opcode.toString(16)}`);
     }
@@ -465,6 +467,19 @@ export class DataNode {
       }));
     }
     return out;
+  }
+
+  /**
+   * GetAllWatermarks: the partition's extents of the asked type as upstream's []storage.ExtentInfo (only
+   * normal extents are listed; tiny ones are shared and have no owner to look for).
+   */
+  private watermarks(part: ExtentStore, req: Packet): Packet {
+    const normal = (req.extentType & ExtentType.Normal) !== 0;
+    const list = normal ? part.normalExtents().map((e) => ({
+      fileId: e.id, size: e.size, Crc: 0, deleted: false, modTime: Math.floor(e.mtimeMs / 1000), accessTime: Math.floor(e.mtimeMs / 1000),
+      src: '', snapSize: 0, snapPreAllocSize: 0, applyID: 0,
+    })) : [];
+    return newReply(req, Result.Ok, Buffer.from(JSON.stringify(list)));
   }
 
   private async markDelete(part: ExtentStore, req: Packet): Promise<Packet> {

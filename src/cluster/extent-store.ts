@@ -38,6 +38,15 @@ export interface PartitionMeta {
 
 interface Extent {
   size: number;
+  /** Last write, ms since the epoch (the file's mtime at load): the orphan scrubber's grace starts there. */
+  mtimeMs: number;
+}
+
+/** One extent as GetAllWatermarks lists it (upstream's storage.ExtentInfo, the fields it fills). */
+export interface ExtentListing {
+  id: number;
+  size: number;
+  mtimeMs: number;
 }
 
 export const MAX_OPEN_EXTENTS = 512;
@@ -132,7 +141,7 @@ export class ExtentStore {
       if (!/^\d+$/.test(name)) continue;
       const id = Number(name);
       const s = await fsp.stat(path.join(dir, name));
-      st.extents.set(id, { size: s.size });
+      st.extents.set(id, { size: s.size, mtimeMs: s.mtimeMs });
       st.usedBytes += s.size;
       if (isTinyExtent(id)) st.tinyCursor.set(id, alignUp(s.size));
       else if (id >= st.meta.NextExtentId) st.meta.NextExtentId = id + 1;
@@ -166,6 +175,13 @@ export class ExtentStore {
     return this.extents.get(id)?.size;
   }
 
+  /** The normal extents, for GetAllWatermarks (the orphan scrubber's question). */
+  normalExtents(): ExtentListing[] {
+    const out: ExtentListing[] = [];
+    for (const [id, e] of this.extents) if (!isTinyExtent(id)) out.push({ id, size: e.size, mtimeMs: e.mtimeMs });
+    return out;
+  }
+
   /** Leader: a fresh normal extent id, reserved on disk before it is returned. */
   async allocExtentId(): Promise<number> {
     const id = this.meta.NextExtentId++;
@@ -180,7 +196,7 @@ export class ExtentStore {
       await this.reserveThrough(id);
     }
     if (this.extents.has(id)) return;
-    this.extents.set(id, { size: 0 });
+    this.extents.set(id, { size: 0, mtimeMs: Date.now() });
     try {
       await openFiles.use(this.file(id), async () => undefined);
     } catch (err) {
@@ -217,6 +233,7 @@ export class ExtentStore {
     if (!e) throw new ExtentNotExist(id);
     const end = off + data.length;
     const before = e.size;
+    e.mtimeMs = Date.now();
     if (end > e.size) this.resize(e, end);
     if (isTinyExtent(id)) this.tinyCursor.set(id, Math.max(this.tinyCursor.get(id) ?? 0, alignUp(end)));
     try {

@@ -382,9 +382,11 @@ export class Master {
 
   private async heartbeatRound(): Promise<void> {
     const timeoutMs = Math.max(1000, this.opts.heartbeatMs);
-    // Metanodes get the data partitions with their heartbeat: they delete released extents there.
+    // Metanodes get the data partitions with their heartbeat: they delete released extents there; and each
+    // volume's meta partition ids: a metanode holding all of them may look for extents no inode names.
     const dataViews = Buffer.from(JSON.stringify({
       DataPartitions: Object.fromEntries((this.state?.vols ?? []).map((v) => [v.name, v.dps.map((dp) => this.dpView(dp))])),
+      MetaPartitionIds: Object.fromEntries((this.state?.vols ?? []).map((v) => [v.name, v.mps.map((mp) => mp.id)])),
     }));
     const one = async (addr: string, op: Op): Promise<unknown> => {
       const pool = this.pool;

@@ -128,7 +128,7 @@ export class MetaPartition {
   cursor: number;
   /** Last unique id handed out by GetUniqID. */
   uniq = 0;
-  /** Unique ids already applied by UnlinkInode (retries are answered without a second decrement). */
+  /** Unique ids already applied by UnlinkInode and LinkInode (a retry is answered without counting twice). */
   readonly seenUniq = new Set<number>();
   dentryCount = 0;
   /** Extents waiting to be deleted on the datanodes (see garbageKey), in the order they were released. */

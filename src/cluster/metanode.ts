@@ -292,6 +292,12 @@ export class MetaNode {
         if (Array.isArray(views)) this.reclaimer.setViews(vol, views as DataPartitionView[]);
       }
     }
+    const mpIds = b.MetaPartitionIds;
+    if (mpIds && typeof mpIds === 'object' && !Array.isArray(mpIds)) {
+      for (const [vol, ids] of Object.entries(mpIds as Record<string, unknown>)) {
+        if (Array.isArray(ids)) this.reclaimer.setMetaPartitions(vol, ids.map(Number));
+      }
+    }
     const Partitions = [];
     for (const p of this.store.partitions.values()) {
       let used = 0;
@@ -361,23 +367,31 @@ export class MetaNode {
   private release(p: MetaPartition, before: ExtentKey[], after: ExtentKey[], fx: Changes, added?: ExtentKey): void {
     const gone = releasedExtents(before, after);
     if (gone.length > 0) fx.push({ k: 'G', p: p.id, eks: gone });
-    if (!added || p.garbage.size === 0) return;
-    const back: ExtentKey[] = [];
-    if (isTinyExtent(added.ExtentId)) {
-      for (const g of p.garbage.values()) if (overlapsInExtent(g, added)) back.push(g);
-    } else {
-      const whole = p.garbage.get(garbageKey({ ...added, ExtentOffset: 0, Size: 0 }));
-      if (whole) back.push(whole);
+    if (!added) return;
+    // Any partition of the volume: the orphan scrubber files what it finds under one of them.
+    for (const q of this.store.partitions.values()) {
+      if (q.vol !== p.vol || q.garbage.size === 0) continue;
+      const back: ExtentKey[] = [];
+      if (isTinyExtent(added.ExtentId)) {
+        for (const g of q.garbage.values()) if (overlapsInExtent(g, added)) back.push(g);
+      } else {
+        const whole = q.garbage.get(garbageKey({ ...added, ExtentOffset: 0, Size: 0 }));
+        if (whole) back.push(whole);
+      }
+      if (back.length > 0) fx.push({ k: 'g', p: q.id, eks: back });
     }
-    if (back.length > 0) fx.push({ k: 'g', p: p.id, eks: back });
   }
 
   private linkInode(p: MetaPartition, b: Body, fx: Changes): unknown {
     const r = this.edit(p, num(b, 'ino'), fx);
+    // A retried LinkInode (its reply was lost) carries the same uniqID and must not count twice.
+    const uid = num(b, 'uniqID', 0);
+    if (uid !== 0 && p.seenUniq.has(uid)) return { info: inodeInfo(r) };
     if (r.nlink === 0) throw new Reject(Result.NotExist, `inode ${r.ino} is unlinked`);
     r.nlink++;
     r.ct = now();
     fx.push({ k: 'I', p: p.id, v: r });
+    if (uid !== 0) fx.push({ k: 'U', p: p.id, id: uid });
     return { info: inodeInfo(r) };
   }
 

@@ -11,30 +11,58 @@
  *
  * Where the data partitions are: the master sends its view with every heartbeat (setViews); a partition
  * not in the view yet waits for the next round.
+ *
+ * Orphans: a client killed after its data reached the datanodes but before the extent key was recorded
+ * leaves an extent no inode names. Every `orphanScanMs` the scrubber asks each data partition's first host
+ * for its normal extents (GetAllWatermarks) and files those no inode and no garbage entry names, and not
+ * written for `orphanGraceMs` (a live writer records its keys every few seconds: FileStream's
+ * flushInterval), as garbage of the volume, so they go the same way as released extents, after the same
+ * delay, and a key recorded meanwhile still takes them back. Only for a volume whose meta partitions are
+ * all on this metanode (the embedded cluster): a partial view would call every other partition's extents
+ * orphans. Tiny extents are shared and are not scrubbed.
  */
-import { newPacket, Op, Result, type DataPartitionView, type ExtentKey } from '../proto/index.js';
+import { ExtentType, newPacket, Op, Result, type DataPartitionView, type ExtentKey } from '../proto/index.js';
 import { nextReqId } from '../transport/reqid.js';
 import { ConnPool } from '../transport/tcp.js';
 import { followerArg, remainingFollowers } from '../data/partitions.js';
-import { logger } from '../util/log.js';
+import { logger, notice } from '../util/log.js';
 import { isTinyExtent } from './extent-store.js';
 import { garbageKey, type MetaStore } from './meta-store.js';
 
 const log = logger('metanode:reclaim');
 
 export const DEFAULT_RECLAIM_DELAY_MS = 10_000;
+export const DEFAULT_ORPHAN_SCAN_MS = 10 * 60_000;
+export const DEFAULT_ORPHAN_GRACE_MS = 30 * 60_000;
 /** MarkDeletes in flight at once. */
 const CONCURRENCY = 8;
 
 export interface ReclaimerOptions {
   /** How long a released extent waits before it is deleted (default 10 s; env CUBEFS_RECLAIM_DELAY_MS). */
   delayMs?: number;
+  /** How often the datanodes are asked for orphaned extents (default 10 min; env CUBEFS_ORPHAN_SCAN_MS; 0: never). */
+  orphanScanMs?: number;
+  /** An extent written to this recently is never an orphan (default 30 min; env CUBEFS_ORPHAN_GRACE_MS). */
+  orphanGraceMs?: number;
+}
+
+function envMs(name: string): number | undefined {
+  const v = Number(process.env[name]);
+  return process.env[name] !== undefined && Number.isFinite(v) && v >= 0 ? v : undefined;
 }
 
 export class ExtentReclaimer {
   private readonly delayMs: number;
   private readonly tickMs: number;
   private readonly views = new Map<string, Map<number, DataPartitionView>>();
+  /** Each volume's meta partition ids, as the master last said. */
+  private readonly metaPartitions = new Map<string, number[]>();
+  private readonly orphanScanMs: number;
+  private readonly orphanGraceMs: number;
+  private scanTimer: NodeJS.Timeout | null = null;
+  private scan: Promise<void> | null = null;
+  /** Orphaned extents filed as garbage since start. */
+  orphans = 0;
   /** garbageKey -> when it may go (ms since epoch), set when first seen. */
   private readonly due = new Map<string, number>();
   private readonly pool = new ConnPool(1, 10_000);
@@ -47,6 +75,12 @@ export class ExtentReclaimer {
     const env = Number(process.env.CUBEFS_RECLAIM_DELAY_MS);
     this.delayMs = opts.delayMs ?? (Number.isFinite(env) && env >= 0 ? env : DEFAULT_RECLAIM_DELAY_MS);
     this.tickMs = Math.max(100, Math.min(1_000, this.delayMs));
+    this.orphanScanMs = opts.orphanScanMs ?? envMs('CUBEFS_ORPHAN_SCAN_MS') ?? DEFAULT_ORPHAN_SCAN_MS;
+    this.orphanGraceMs = opts.orphanGraceMs ?? envMs('CUBEFS_ORPHAN_GRACE_MS') ?? DEFAULT_ORPHAN_GRACE_MS;
+  }
+
+  setMetaPartitions(vol: string, ids: number[]): void {
+    this.metaPartitions.set(vol, ids);
   }
 
   /** The master's data partitions of `vol` (from its heartbeat). */
@@ -60,13 +94,61 @@ export class ExtentReclaimer {
       this.round ??= this.reclaimRound().finally(() => { this.round = null; });
     }, this.tickMs);
     this.timer.unref();
+    if (this.orphanScanMs > 0) {
+      this.scanTimer = setInterval(() => {
+        this.scan ??= this.scanOrphans().then(() => undefined, (e: Error) => log('orphan scan: %s', e.message)).finally(() => { this.scan = null; });
+      }, this.orphanScanMs);
+      this.scanTimer.unref();
+    }
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    if (this.scanTimer) clearInterval(this.scanTimer);
     this.timer = null;
-    await this.round;
+    this.scanTimer = null;
+    await Promise.all([this.round, this.scan]);
     this.pool.close();
+  }
+
+  /** One look for orphaned normal extents in every volume this metanode holds whole (see the top). */
+  async scanOrphans(): Promise<number> {
+    let filed = 0;
+    for (const [vol, views] of this.views) {
+      const ids = this.metaPartitions.get(vol);
+      const mine = [...this.store.partitions.values()].filter((p) => p.vol === vol);
+      if (!ids || ids.length === 0 || !ids.every((id) => mine.some((p) => p.id === id))) continue;
+      const listed: { pid: number; id: number; mtimeMs: number }[] = [];
+      for (const view of views.values()) {
+        const host = view.Hosts[0];
+        if (!host) continue;
+        try {
+          const req = newPacket({ opcode: Op.GetAllWatermarks, partitionId: view.PartitionID, extentType: ExtentType.Normal, reqId: nextReqId() });
+          const reply = await this.pool.request(host, req, { timeoutMs: 10_000 });
+          if (reply.resultCode !== Result.Ok) throw new Error(`result 0x${reply.resultCode.toString(16)} ${reply.data.toString('utf8')}`);
+          const list = JSON.parse(reply.data.toString('utf8')) as { fileId: number; modTime: number }[];
+          for (const e of list) listed.push({ pid: view.PartitionID, id: Number(e.fileId), mtimeMs: Number(e.modTime) * 1000 });
+        } catch (e) {
+          log('orphan scan: extents of data partition %d on %s: %s', view.PartitionID, host, (e as Error).message);
+        }
+      }
+      // From here to the commit nothing awaits: what is referenced cannot change in between.
+      const live = new Set<string>();
+      for (const p of mine) {
+        for (const r of p.inodes.values()) for (const k of r.eks) live.add(`${k.PartitionId}/${k.ExtentId}`);
+        for (const k of p.garbage.values()) live.add(`${k.PartitionId}/${k.ExtentId}`);
+      }
+      const old = Date.now() - this.orphanGraceMs;
+      const found: ExtentKey[] = listed
+        .filter((e) => !isTinyExtent(e.id) && e.mtimeMs <= old && !live.has(`${e.pid}/${e.id}`))
+        .map((e) => ({ FileOffset: 0, PartitionId: e.pid, ExtentId: e.id, ExtentOffset: 0, Size: 0, CRC: 0 }));
+      if (found.length === 0) continue;
+      await this.store.commit([{ k: 'G', p: mine[0]!.id, eks: found }]);
+      filed += found.length;
+      notice('metanode', `volume ${vol}: ${found.length} extents no file refers to (left by a client that stopped before recording them) go back to free space`);
+    }
+    this.orphans += filed;
+    return filed;
   }
 
   /** One pass over every partition's garbage: delete what is due, record what went. */

@@ -12,7 +12,7 @@ import type { CheckoutPool } from '../transport/checkout-pool.js';
 import type { RdmaPath } from './rdma.js';
 import type { Router } from './route.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
-import { logger } from '../util/log.js';
+import { logger, warn } from '../util/log.js';
 
 export const log = logger('data');
 
@@ -31,6 +31,8 @@ export interface DataCore {
   readonly route: Router;
   readonly timeoutMs: number;
   readonly retryBudgetMs: number;
+  /** Keys of acknowledged writes are recorded at least this often while a file is written (0: only at flush). */
+  readonly flushIntervalMs: number;
   readonly tinyExtents: boolean;
   readonly parts: PartitionSelector;
   /** Writes (normal extents, overwrites) and reads go over RDMA to datanodes it connects to; null: TCP. */
@@ -75,9 +77,14 @@ export class PartitionSelector {
       const ok = rw.filter((p) => (this.excluded.get(p.PartitionID) ?? 0) <= now);
       if (ok.length > 0) return ok[this.rr++ % ok.length]!;
       if (rw.length > 0 && rw.every((p) => (this.full.get(p.PartitionID) ?? 0) > now)) {
+        warn('data', `every data partition is full (${rw.length}): new data fails with ENOSPC; overwrites and reads go on`, { key: 'data-full' });
         throw new CubeFSError(ErrorCode.NoPartition, `every read-write data partition is full (${rw.length}; last: ${lastErr?.message ?? 'DiskNoSpace'})`, {
           errno: osc.errno.ENOSPC, cause: lastErr,
         });
+      }
+      if (attempt === 1) {
+        warn('data', rw.length === 0 ? 'no data partition takes writes now (datanodes down or read-only); writes wait'
+          : `no data partition answers writes now (${lastErr?.message ?? 'unreachable'}); writes wait`, { key: 'data-wait' });
       }
       if (now >= deadline) {
         const why = rw.length === 0 ? 'no read-write data partition' : `all ${rw.length} read-write data partitions failed`;

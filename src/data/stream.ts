@@ -33,6 +33,7 @@ import { MAX_PACKET_DATA, PartitionStatus } from '../proto/index.js';
 import { CubeFSError, ErrorCode, errnoOf } from '../util/errors.js';
 import { insertKey, keyEnd, keyEndingAt, mapRange, truncateKeys } from './extent-map.js';
 import { log, type DataCore } from './partitions.js';
+import { warn } from '../util/log.js';
 import { readExtent } from './reader.js';
 import { EXTENT_SIZE_LIMIT, ExtentWriter, newPiece, NoTinyExtent, randomWrite, tinyWrite, TINY_EXTENT_MAX_ID, TINY_SIZE_LIMIT, type ResumeAt, type WriterOwner } from './writer.js';
 
@@ -106,6 +107,10 @@ export class FileStream implements WriterOwner {
   private stage: Stage | null = null;
   /** Dispatched runs not yet settled. */
   private readonly stagedRuns = new Set<Promise<void>>();
+  /** Key recording and truncates, one at a time in order (flush, the periodic recorder, truncate). */
+  private metaChain: Promise<void> = Promise.resolve();
+  /** Records the dirty keys flushInterval after the first ack that made one (null: none pending). */
+  private recordTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly host: StreamHost, ino: number) {
     this.ino = ino;
@@ -307,21 +312,63 @@ export class FileStream implements WriterOwner {
     while (this.inflight.size > 0 || this.stagedRuns.size > 0) {
       await Promise.all([...[...this.inflight].map((r) => r.done), ...this.stagedRuns]);
     }
-    const entries = [...this.dirty.entries()];
-    this.dirty.clear();
-    for (let i = 0; i < entries.length; i++) {
-      const [token, ek] = entries[i]!;
-      try {
-        await this.host.meta.appendExtentKey(this.ino, ek);
-      } catch (e) {
-        for (const [t, k] of entries.slice(i)) if (!this.dirty.has(t)) this.dirty.set(t, k);
-        throw asWriteFailure(e);
-      }
-      void token;
+    try {
+      await this.serial(() => this.recordDirty());
+    } catch (e) {
+      throw asWriteFailure(e);
     }
     const err = this.writeError;
     this.writeError = null;
     if (err) throw err;
+  }
+
+  /** Run `job` after every key recording and truncate before it. */
+  private serial<T>(job: () => Promise<T>): Promise<T> {
+    const run = this.metaChain.then(job);
+    this.metaChain = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  /** Record the keys of what is acknowledged now; what cannot be recorded stays dirty for the next try. */
+  private async recordDirty(): Promise<void> {
+    this.disarmRecorder();
+    const entries = [...this.dirty.entries()];
+    this.dirty.clear();
+    for (let i = 0; i < entries.length; i++) {
+      const [, ek] = entries[i]!;
+      try {
+        await this.host.meta.appendExtentKey(this.ino, ek);
+      } catch (e) {
+        // A key that grew meanwhile (a later ack of the same writer) is newer than this one: keep that.
+        for (const [t, k] of entries.slice(i)) if (!this.dirty.has(t)) this.dirty.set(t, k);
+        throw e;
+      }
+    }
+  }
+
+  /**
+   * Acknowledged data whose key is not recorded is lost if this process dies (a kill -9, an OOM): the
+   * extents are on the datanodes, but no inode names them. So keys are also recorded every flushInterval
+   * while a file is being written, not only at fsync and close; a crash loses at most that much.
+   */
+  private armRecorder(): void {
+    const every = this.core.flushIntervalMs;
+    if (this.recordTimer || every <= 0) return;
+    this.recordTimer = setTimeout(() => {
+      this.recordTimer = null;
+      if (this.dirty.size === 0) return;
+      this.serial(() => this.recordDirty()).catch((e: Error) => {
+        warn('data', `inode ${this.ino}: recording written extents failed (${e.message}); trying again at the next flush`,
+          { key: `record-${this.ino}` });
+        this.armRecorder();
+      });
+    }, every);
+    this.recordTimer.unref();
+  }
+
+  private disarmRecorder(): void {
+    if (this.recordTimer) clearTimeout(this.recordTimer);
+    this.recordTimer = null;
   }
 
   /**
@@ -339,16 +386,20 @@ export class FileStream implements WriterOwner {
       const { piece } = newPiece(size - 1, Buffer.alloc(1), false, deadline);
       try {
         const key = await tinyWrite(this.core, piece);
-        await this.host.meta.appendExtentKey(this.ino, key);
+        await this.serial(() => this.host.meta.appendExtentKey(this.ino, key));
       } catch (e) {
         if (!(e instanceof NoTinyExtent)) throw asWriteFailure(e);
         await this.write(size - 1, Buffer.alloc(1));
         await this.flush();
       }
+      this.truncated(size);
     } else {
-      await this.host.meta.truncate(this.ino, size);
+      // In the chain: a periodic recording of a key beyond `size` must not land after the truncate.
+      await this.serial(async () => {
+        await this.host.meta.truncate(this.ino, size);
+        this.truncated(size);
+      });
     }
-    this.truncated(size);
   }
 
   /** The file was truncated at the metanode: forget what lies beyond `size`; reload on next use. */
@@ -376,6 +427,7 @@ export class FileStream implements WriterOwner {
 
   /** Close every writer's connection once its pieces settle. */
   shutdown(): void {
+    this.disarmRecorder();
     this.submitStage();
     this.retireHandler();
     for (const w of this.writers) w.retire();
@@ -387,6 +439,7 @@ export class FileStream implements WriterOwner {
     insertKey(this.keys, piece);
     this.dirty.set(token, whole);
     this.fileSize = Math.max(this.fileSize, keyEnd(piece));
+    this.armRecorder();
   }
 
   onReplace(old: ExtentWriter, next: ExtentWriter): void {

@@ -15,8 +15,9 @@ import { constants as osc } from 'node:os';
 import type { CubeFSClient } from '../sdk/client.js';
 import type { FileStream } from '../data/index.js';
 import { goModeToPosix, isGoDir, posixToGoMode, fromRfc3339, S_IFMT, S_IFDIR, S_IFLNK, S_IFREG, S_IFIFO, S_IFSOCK, type InodeInfo } from '../proto/index.js';
-import { errnoOf } from '../util/errors.js';
-import { logger } from '../util/log.js';
+import { CubeFSError, ErrorCode, errnoOf } from '../util/errors.js';
+import { Result } from '../proto/result.js';
+import { logger, warn } from '../util/log.js';
 import {
   SetattrValid,
   type AccessArgs, type Attr, type AttrReply, type CopyFileRangeArgs, type CreateArgs, type CreateReply, type DirPlusReply,
@@ -47,6 +48,19 @@ const O_DSYNC = 0o10000;
 const O_DIRECT = 0o40000;
 /** Longest name (bytes), as statfs reports: the kernel lets FUSE names up to 1024 bytes through. */
 const NAME_MAX = 255;
+/** How long an unmount waits for open files' last writes to be recorded (see shutdown). */
+const UNMOUNT_WAIT_MS = 15_000;
+
+/** Whether every promise settled within `ms` (they go on regardless). */
+async function settledWithin(ps: Promise<unknown>[], ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms); });
+  try {
+    return await Promise.race([Promise.allSettled(ps).then(() => true as const), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 function tooLong(name: string): boolean {
   return name.length > NAME_MAX / 4 && Buffer.byteLength(name) > NAME_MAX;
@@ -125,6 +139,7 @@ export class CubeFileSystem implements FuseOps {
     this.fsyncOnClose = opts.fsyncOnClose ?? false;
     this.writebackCache = opts.writebackCache ?? false;
     this.writeBehind = opts.writeBehind ?? true;
+    client.meta.onDeferredUnlink = (info) => this.unlinked(info);
   }
 
   get meta(): CubeFSClient['meta'] {
@@ -187,10 +202,31 @@ export class CubeFileSystem implements FuseOps {
   async lookup(req: Req<EntryReply>, a: NameArgs): Promise<void> {
     if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     try {
-      const { ino } = await this.meta.lookup(a.parent, a.name);
-      req.entry(this.entry(await this.inode(ino, true)));
+      req.entry(this.entry(await this.lookupInode(a.parent, a.name)));
     } catch (e) {
       fail(req, e, `lookup ${a.parent}/${a.name}`);
+    }
+  }
+
+  /**
+   * The inode a name stands for. A dentry whose inode does not exist (a create that died between its two
+   * steps, on a client without the lookup-before-rollback rule) would make the name unusable: stat fails,
+   * create says EEXIST. Inodes are made before the dentries that name them, so such a dentry is never
+   * valid: once a second lookup still shows it, it is removed (said once) and the name is ENOENT.
+   */
+  private async lookupInode(parent: number, name: string): Promise<InodeInfo> {
+    for (let attempt = 0; ; attempt++) {
+      const { ino } = await this.meta.lookup(parent, name);
+      try {
+        return await this.inode(ino, true);
+      } catch (e) {
+        if (!(e instanceof CubeFSError && e.result === Result.NotExist) || attempt >= 2) throw e;
+        const again = await this.meta.lookup(parent, name);
+        if (again.ino !== ino) continue;
+        warn('fs', `directory entry ${parent}/${name} names inode ${ino}, which does not exist: removing the entry`, { key: 'dangling-dentry' });
+        await this.meta.deleteDentry(parent, name);
+        throw new CubeFSError(ErrorCode.Result, `lookup ${parent}/${name}: dangling entry removed`, { errno: E.ENOENT, result: Result.NotExist });
+      }
     }
   }
 
@@ -683,15 +719,38 @@ export class CubeFileSystem implements FuseOps {
     }
   }
 
-  /** Unmount: flush every open file and evict the orphans the kernel will no longer forget. */
+  /**
+   * Unmount: flush every open file and evict the orphans the kernel will no longer forget, all at once and
+   * for at most UNMOUNT_WAIT_MS: an unreachable metanode must not hold an unmount for the whole retry
+   * budget. What could not be recorded by then is said, by inode: its data since the last fsync is lost.
+   */
   async shutdown(): Promise<void> {
-    for (const h of this.files.values()) {
-      await h.stream.flush().catch((e: Error) => log('flush %d at unmount: %s', h.ino, e.message));
-      await h.stream.release().catch(() => undefined);
-    }
+    const handles = [...this.files.values()];
     this.files.clear();
-    for (const ino of this.orphans) await this.meta.evictInode(ino).catch(() => undefined);
+    const unrecorded = new Set<number>();
+    const flushes = handles.map(async (h) => {
+      unrecorded.add(h.ino);
+      try {
+        await h.stream.flush();
+        unrecorded.delete(h.ino);
+      } catch (e) {
+        warn('fs', `unmount: inode ${h.ino}: its latest writes could not be recorded (${(e as Error).message})`);
+      }
+      await h.stream.release().catch(() => undefined);
+    });
+    const orphans = [...this.orphans];
     this.orphans.clear();
+    const unevicted = new Set(orphans);
+    const evictions = orphans.map((ino) => this.meta.evictInode(ino).then(() => { unevicted.delete(ino); }, () => undefined));
+    if (!(await settledWithin([...flushes, ...evictions], UNMOUNT_WAIT_MS))) {
+      if (unrecorded.size > 0) {
+        warn('fs', `unmount: the metanode did not answer for ${UNMOUNT_WAIT_MS / 1000} s; writes since the last fsync to inodes `
+          + `${[...unrecorded].join(', ')} are not recorded and are lost`);
+      }
+      if (unevicted.size > 0) {
+        warn('fs', `unmount: inodes ${[...unevicted].join(', ')} (deleted while open) were not evicted; their space stays in use`);
+      }
+    }
   }
 }
 

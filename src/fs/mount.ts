@@ -66,6 +66,8 @@ export interface MountConfig extends FsOptions {
   followerRead?: boolean;
   /** With followerRead, the nearest replica first (upstream's nearRead). */
   nearRead?: boolean;
+  /** How often a file being written has its extent keys recorded besides fsync and close, ms (default 5000; 0: never). */
+  flushIntervalMs?: number;
 }
 
 export interface Mount {
@@ -95,6 +97,7 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
       ...(pool ? { rdmaPool: pool } : {}), ...(cfg.onWarning ? { onWarning: cfg.onWarning } : {}),
       ...(cfg.followerRead !== undefined ? { followerRead: cfg.followerRead } : {}),
       ...(cfg.nearRead !== undefined ? { nearRead: cfg.nearRead } : {}),
+      ...(cfg.flushIntervalMs !== undefined ? { flushIntervalMs: cfg.flushIntervalMs } : {}),
     });
   } catch (e) {
     pool?.close();

@@ -20,7 +20,7 @@ import { AttrValid, PartitionStatus, type Dentry, type ExtentKey, type InodeInfo
 import { ConnPool } from '../transport/tcp.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode, errnoName, sleep } from '../util/errors.js';
-import { logger } from '../util/log.js';
+import { logger, warn } from '../util/log.js';
 
 const log = logger('meta');
 const E = osc.errno;
@@ -38,7 +38,10 @@ export interface MetaClientOptions {
   timeoutMs?: number;
   /** The volume's EnableTransactionV1 includes "rename": rename through upstream's tx ops. */
   transactions?: boolean;
-  /** Total time spent retrying one request across members; default 30 s. */
+  /**
+   * Total time spent retrying one request across members, and waiting for a meta partition to come back
+   * for a create; default 60 s (a metanode restart or a leader election fits in it).
+   */
   retryBudgetMs?: number;
 }
 
@@ -51,6 +54,8 @@ const TX_APPLY_COMMIT = 1;
 const TX_APPLY_ROLLBACK = 2;
 const TX_TIMEOUT_MIN = 1;
 const STORAGE_CLASS_REPLICA = 1;
+/** How long an UnlinkInode whose name is already gone is tried again (deferUnlink). */
+const DEFERRED_UNLINK_MS = 60 * 60_000;
 
 type Body = Record<string, unknown>;
 
@@ -75,6 +80,11 @@ function retryableFailure(e: unknown): boolean {
   return e.code === ErrorCode.Result && (e.result === Result.Again || e.result === Result.Err);
 }
 
+/** An outcome nobody can tell: EIO, whatever the underlying error's errno. */
+function asEio(e: unknown, what: string): CubeFSError {
+  return new CubeFSError(ErrorCode.Network, `${what}: ${(e as Error).message}`, { errno: E.EIO, cause: e });
+}
+
 function withSnapInfo(ek: ExtentKey): ExtentKey {
   return {
     FileOffset: ek.FileOffset, PartitionId: ek.PartitionId, ExtentId: ek.ExtentId, ExtentOffset: ek.ExtentOffset,
@@ -92,6 +102,8 @@ export class MetaClient {
   private readonly transactions: boolean;
   private rr = 0;
   private closed = false;
+  /** Hears of an inode whose UnlinkInode went through later (deferUnlink); the file system evicts it. */
+  onDeferredUnlink: ((info: InodeInfo) => void) | null = null;
   /** Per partition, unique ids fetched in a batch and not yet used: [next, end). */
   private readonly uniq = new Map<number, { next: number; end: number }>();
 
@@ -101,7 +113,7 @@ export class MetaClient {
     this.pool = opts.pool ?? new ConnPool();
     this.ownPool = opts.pool === undefined;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
-    this.retryBudgetMs = opts.retryBudgetMs ?? 30_000;
+    this.retryBudgetMs = opts.retryBudgetMs ?? 60_000;
     this.transactions = opts.transactions ?? false;
   }
 
@@ -148,6 +160,7 @@ export class MetaClient {
       const addrs = [view.LeaderAddr, ...view.Members.filter((a) => a !== view.LeaderAddr)].filter((a) => !!a);
       if (addrs.length === 0) throw new CubeFSError(ErrorCode.NoPartition, `${what}: meta partition ${view.PartitionID} has no address`);
       for (const addr of addrs) {
+        if (this.closed) throw new CubeFSError(ErrorCode.Closed, `${what}: meta client is closed`);
         try {
           return await this.sendOnce(addr, view.PartitionID, op, data, what);
         } catch (e) {
@@ -160,6 +173,8 @@ export class MetaClient {
         }
       }
       if (!refreshed) {
+        warn('meta', `meta partition ${view.PartitionID} (${addrs.join(', ')}) does not answer (${(lastErr as Error).message}); `
+          + `requests wait for it up to ${Math.round(this.retryBudgetMs / 1000)} s`, { key: 'meta-unreachable' });
         refreshed = true;
         try {
           await this.source.refresh();
@@ -187,14 +202,42 @@ export class MetaClient {
 
   // --- inodes ---
 
+  /**
+   * The read-write partitions to create in. None read-write because every one is ReadOnly (full) is
+   * ENOSPC; none because some are Unavailable (a metanode down, as the master sees it) is an outage, not a
+   * full volume: wait for one to come back, refreshing the views, and give EIO when the budget is spent.
+   */
+  private async writablePartitions(): Promise<MetaPartitionView[]> {
+    const deadline = Date.now() + this.retryBudgetMs;
+    let delay = 200;
+    for (let first = true; ; first = false) {
+      const all = this.source.metaPartitions();
+      const rw = all.filter((p) => p.Status === PartitionStatus.ReadWrite);
+      if (rw.length > 0) return rw;
+      if (!first) {
+        if (all.length > 0 && all.every((p) => p.Status === PartitionStatus.ReadOnly)) {
+          throw new CubeFSError(ErrorCode.NoPartition, 'createInode: every meta partition is read-only (full)', { errno: E.ENOSPC });
+        }
+        if (Date.now() + delay > deadline) {
+          throw new CubeFSError(ErrorCode.NoPartition,
+            `createInode: no meta partition has been writable for ${Math.round(this.retryBudgetMs / 1000)} s (metanodes unavailable)`, { errno: E.EIO });
+        }
+        if (this.closed) throw new CubeFSError(ErrorCode.Closed, 'createInode: meta client is closed');
+        warn('meta', 'no meta partition is writable now (metanode unavailable?); creates wait for one', { key: 'meta-unavailable' });
+        await sleep(delay);
+        delay = Math.min(delay * 2, 2000);
+      }
+      try {
+        await this.source.refresh();
+      } catch (e) {
+        log('createInode: refreshing partition views failed: %s', (e as Error).message);
+      }
+    }
+  }
+
   /** Picks a read-write partition round-robin; on InodeFull tries the next one. */
   async createInode(mode: number, uid: number, gid: number, target?: Buffer): Promise<InodeInfo> {
-    let rw = this.source.metaPartitions().filter((p) => p.Status === PartitionStatus.ReadWrite);
-    if (rw.length === 0) {
-      await this.source.refresh();
-      rw = this.source.metaPartitions().filter((p) => p.Status === PartitionStatus.ReadWrite);
-    }
-    if (rw.length === 0) throw new CubeFSError(ErrorCode.NoPartition, 'createInode: no read-write meta partition', { errno: E.ENOSPC });
+    const rw = await this.writablePartitions();
     const first = this.rr++ % rw.length;
     let lastErr: unknown;
     for (let i = 0; i < rw.length; i++) {
@@ -232,11 +275,39 @@ export class MetaClient {
     return this.getUniqIdOf(await this.partitionOf(ino), num);
   }
 
-  async unlinkInode(ino: number): Promise<InodeInfo> {
+  /** `uid`: the unique id of an earlier attempt, so the metanode applies it at most once. */
+  async unlinkInode(ino: number, uid?: number): Promise<InodeInfo> {
     const mp = await this.partitionOf(ino);
-    const uid = await this.nextUniq(mp);
+    uid ??= await this.nextUniq(mp);
     const r = await this.send(mp, Op.MetaUnlinkInode, { ino, uid, ver: 0, denVer: 0, fullPaths: [] }, `unlinkInode ino=${ino}`);
     return r.info as InodeInfo;
+  }
+
+  /**
+   * An UnlinkInode that failed after its name was deleted: the name is gone, so the unlink happened as far
+   * as the application can tell; the link count still has to come down, or the inode (and its data) stays
+   * forever. Tried again in the background with the same unique id (applied once), for up to an hour;
+   * onDeferredUnlink hears of the inode once it went through (the file system evicts it when unused).
+   */
+  private deferUnlink(ino: number, uid: number, why: unknown): void {
+    warn('meta', `inode ${ino}: its name is deleted but its link count could not be lowered (${(why as Error).message}); trying again in the background`,
+      { key: 'meta-deferred-unlink' });
+    const giveUp = Date.now() + DEFERRED_UNLINK_MS;
+    const attempt = (delay: number): void => {
+      const timer = setTimeout(() => {
+        if (this.closed) return;
+        this.unlinkInode(ino, uid).then((info) => this.onDeferredUnlink?.(info), (e: unknown) => {
+          if (e instanceof CubeFSError && e.result === Result.NotExist) return;
+          if (Date.now() > giveUp) {
+            warn('meta', `inode ${ino}: gave up lowering its link count (${(e as Error).message}); it keeps its space`);
+            return;
+          }
+          attempt(Math.min(delay * 2, 30_000));
+        });
+      }, delay);
+      timer.unref();
+    };
+    attempt(1000);
   }
 
   async evictInode(ino: number): Promise<void> {
@@ -391,13 +462,21 @@ export class MetaClient {
 
   // --- composite ops ---
 
-  /** CreateInode + CreateDentry; any dentry failure rolls the inode back (UnlinkInode + EvictInode). */
+  /**
+   * CreateInode + CreateDentry; a dentry that was not made rolls the inode back (UnlinkInode + EvictInode).
+   * A dentry failure is not always "not made": when the retries ran out on a network error or a timeout
+   * (or an Exist answers a retry of a request that did land), the name is looked up first, so a dentry
+   * that exists is never left pointing at an inode the rollback removed.
+   */
   async create(pino: number, name: string, mode: number, uid: number, gid: number, target?: Buffer): Promise<InodeInfo> {
     await this.partitionOf(pino);
     const info = await this.createInode(mode, uid, gid, target);
     try {
       await this.createDentry(pino, name, info.ino, mode);
     } catch (e) {
+      const made = await this.dentryOutcome(pino, name, info.ino, e);
+      if (made === 'made') return info;
+      if (made === 'unknown') throw asEio(e, `create ${pino}/${name}`);
       await this.rollbackInode(info.ino);
       if (e instanceof CubeFSError && e.result === Result.Exist) {
         throw new CubeFSError(ErrorCode.Result, `create ${pino}/${name}: exists`, { errno: E.EEXIST, result: Result.Exist, cause: e });
@@ -405,6 +484,25 @@ export class MetaClient {
       throw e;
     }
     return info;
+  }
+
+  /**
+   * Whether a CreateDentry that failed with `e` made pino/name -> ino after all. A definitive refusal
+   * (other than Exist) made nothing; after an unknown outcome or Exist the lookup decides; when the lookup
+   * fails too, nobody can tell, and nothing may be rolled back.
+   */
+  private async dentryOutcome(pino: number, name: string, ino: number, e: unknown): Promise<'made' | 'not made' | 'unknown'> {
+    const unsure = retryableFailure(e) || (e instanceof CubeFSError && (e.result === Result.Exist || e.code === ErrorCode.Closed));
+    if (!unsure) return 'not made';
+    try {
+      const d = await this.lookup(pino, name);
+      return d.ino === ino ? 'made' : 'not made';
+    } catch (e2) {
+      if (e2 instanceof CubeFSError && e2.result === Result.NotExist) return 'not made';
+      warn('meta', `${pino}/${name}: cannot tell whether its directory entry was made (${(e2 as Error).message}); inode ${ino} is kept`,
+        { key: 'meta-dentry-unknown' });
+      return 'unknown';
+    }
   }
 
   private async rollbackInode(ino: number): Promise<void> {
@@ -416,12 +514,15 @@ export class MetaClient {
     }
   }
 
-  /** LinkInode + CreateDentry; the link is undone when the dentry cannot be made. */
+  /** LinkInode + CreateDentry; the link is undone when the dentry was not made (see create). */
   async link(pino: number, name: string, ino: number): Promise<InodeInfo> {
     const info = await this.linkInode(ino);
     try {
       await this.createDentry(pino, name, ino, info.mode);
     } catch (e) {
+      const made = await this.dentryOutcome(pino, name, ino, e);
+      if (made === 'made') return info;
+      if (made === 'unknown') throw asEio(e, `link ${pino}/${name}`);
       try { await this.unlinkInode(ino); } catch (e2) { log('link rollback of %d failed: %s', ino, (e2 as Error).message); }
       throw e;
     }
@@ -443,12 +544,16 @@ export class MetaClient {
       const info = await this.inodeGet(d.ino);
       if (info.nlink > 2) throw posixError(E.ENOTEMPTY, what);
     }
+    // The unique id first: once the name is deleted, the UnlinkInode must be one that can be sent again.
+    const uid = await this.nextUniq(await this.partitionOf(d.ino));
     const ino = await this.deleteDentry(pino, name);
     try {
-      return await this.unlinkInode(ino);
+      return await this.unlinkInode(ino, ino === d.ino ? uid : undefined);
     } catch (e) {
       if (e instanceof CubeFSError && e.result === Result.NotExist) return null;
-      throw e;
+      if (ino !== d.ino) throw e;
+      this.deferUnlink(ino, uid, e);
+      return null;
     }
   }
 

