@@ -4,7 +4,7 @@
       "target_name": "cubefs_native",
       "sources": ["native/addon.cc", "native/fuse/allocator.cc", "native/fuse/session.cc",
                   "native/pool/pool.cc", "native/pool/pool_js.cc", "native/pool/rdma_probe.cc",
-                  "native/rdma/rdma.cc"],
+                  "native/rdma/rdma.cc", "native/store/punch_hole.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "cflags": ["<!@(pkg-config --cflags fuse3)"],
       "libraries": ["<!@(pkg-config --libs fuse3)", "-libverbs", "-lrdmacm"],

@@ -8,6 +8,15 @@
  * (ids 1..64) are created on first write; their append cursor is the file size rounded up to 4 KiB, so
  * it survives a restart without extra metadata.
  *
+ * Deleting a range of a tiny extent (they are shared: only that file's range goes) punches a hole in it
+ * (fallocate PUNCH_HOLE | KEEP_SIZE through the addon, as upstream's datanode does), so its blocks go back to
+ * the file system while the file keeps its size and with it the append cursor. The hole reaches out to the
+ * 4 KiB boundaries around the range (the padding reserveTiny left after it: only whole blocks are freed)
+ * where the bytes it takes in are zeros: a key split by an overwrite (metanode insertExtent) can leave a live
+ * piece of the same reservation next to a released one, in the same block, and its bytes must stay; a write
+ * over such an edge waits for the punch. A file system that cannot punch holes gets the range overwritten
+ * with zeros, and the space is not given back.
+ *
  * Writes are positional (FileHandle.write at an offset) and land in the page cache before the ack, so
  * acknowledged data survives the death of the process; SyncWrite adds fdatasync.
  *
@@ -19,6 +28,8 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { warn } from '../util/log.js';
+import { cannotPunch, punchHole } from './punch-hole.js';
 
 export const TINY_EXTENT_COUNT = 64;
 export const MIN_NORMAL_EXTENT_ID = 1024;
@@ -104,12 +115,70 @@ class OpenFiles {
 
 const openFiles = new OpenFiles();
 
+interface Span {
+  s: number;
+  e: number;
+  done: Promise<void>;
+  end(): void;
+}
+
+function span(s: number, e: number): Span {
+  let end!: () => void;
+  const done = new Promise<void>((r) => { end = r; });
+  return { s, e, done, end };
+}
+
+function overlapping(set: Set<Span>, s: number, e: number): Span | undefined {
+  for (const x of set) if (x.s < e && s < x.e) return x;
+  return undefined;
+}
+
+/**
+ * One tiny extent's writes in flight and the ranges whose edges are being checked and punched (see
+ * punchTiny): a write over such a range waits for the punch, and the check waits for the writes already in
+ * flight over it, so no write lands between the check that an edge is zeros and the punch that zeroes it.
+ */
+class EdgeGuard {
+  private readonly writes = new Set<Span>();
+  private readonly edgeSpans = new Set<Span>();
+
+  async write<T>(s: number, e: number, fn: () => Promise<T>): Promise<T> {
+    for (let t = overlapping(this.edgeSpans, s, e); t; t = overlapping(this.edgeSpans, s, e)) await t.done;
+    const w = span(s, e);
+    this.writes.add(w);
+    try {
+      return await fn();
+    } finally {
+      this.writes.delete(w);
+      w.end();
+    }
+  }
+
+  async edges<T>(s: number, e: number, fn: () => Promise<T>): Promise<T> {
+    const t = span(s, e);
+    this.edgeSpans.add(t); // writes over it wait from now on
+    try {
+      for (let w = overlapping(this.writes, s, e); w; w = overlapping(this.writes, s, e)) await w.done;
+      return await fn();
+    } finally {
+      this.edgeSpans.delete(t);
+      t.end();
+    }
+  }
+}
+
+/** Disks (a store's parent directory) already said to be unable to punch holes. */
+const noPunchSaid = new Set<string>();
+
 export class ExtentStore {
   readonly dir: string;
   meta: PartitionMeta;
   private readonly extents = new Map<number, Extent>();
   /** Tiny extents: next free (4 KiB aligned) offset, reserved synchronously before the write. */
   private readonly tinyCursor = new Map<number, number>();
+  private readonly tinyGuards = new Map<number, EdgeGuard>();
+  /** False once the file system refused to punch a hole: deleted tiny ranges are zeroed from then on. */
+  private punching = true;
   private tinyNext = 1;
   private persistChain: Promise<void> = Promise.resolve();
   /** Sum of the extents' sizes, kept as they change (a capacity check on every write must not walk them). */
@@ -236,15 +305,16 @@ export class ExtentStore {
     e.mtimeMs = Date.now();
     if (end > e.size) this.resize(e, end);
     if (isTinyExtent(id)) this.tinyCursor.set(id, Math.max(this.tinyCursor.get(id) ?? 0, alignUp(end)));
+    const io = (): Promise<void> => openFiles.use(this.file(id), async (fh) => {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await fh.write(data, done, data.length - done, off + done);
+        done += bytesWritten;
+      }
+      if (sync) await fh.datasync();
+    });
     try {
-      await openFiles.use(this.file(id), async (fh) => {
-        let done = 0;
-        while (done < data.length) {
-          const { bytesWritten } = await fh.write(data, done, data.length - done, off + done);
-          done += bytesWritten;
-        }
-        if (sync) await fh.datasync();
-      });
+      await (isTinyExtent(id) ? this.tinyGuard(id).write(off, end, io) : io());
     } catch (err) {
       if (e.size === end && before < end) this.resize(e, Math.max(before, await this.statSize(id)));
       throw err;
@@ -283,18 +353,58 @@ export class ExtentStore {
     if (done < len) buf.fill(0, done, len);
   }
 
-  /** Normal extent: remove it. Tiny extent: zero the range (no hole punching from Node). */
+  /**
+   * Normal extent: remove it. Tiny extent: punch a hole over the range, out to the 4 KiB boundaries around it
+   * where the bytes up to them are zeros (see the top of this file); the extent keeps its size. Where holes
+   * cannot be punched, zero the range.
+   */
   async markDelete(id: number, off: number, len: number): Promise<void> {
     const e = this.extents.get(id);
     if (!e) return;
     if (isTinyExtent(id)) {
-      if (len > 0) await this.write(id, off, Buffer.alloc(len), false);
+      if (len <= 0) return;
+      if (this.punching) {
+        try {
+          await this.punchTiny(id, off, len);
+          return;
+        } catch (err) {
+          if (!cannotPunch(err)) throw err;
+          this.punching = false;
+          const disk = path.dirname(this.dir);
+          if (!noPunchSaid.has(disk)) {
+            noPunchSaid.add(disk);
+            warn('datanode', `${disk}: cannot punch holes (${(err as Error).message}): deleted ranges of tiny extents are zeroed instead, their disk space is not given back`);
+          }
+        }
+      }
+      await this.write(id, off, Buffer.alloc(len), false);
       return;
     }
     this.extents.delete(id);
     this.usedBytes -= e.size;
     await openFiles.drop(this.file(id));
     await fsp.rm(this.file(id), { force: true });
+  }
+
+  /**
+   * A hole over [off, off+len), widened to the 4 KiB blocks around it where the bytes it would take in are
+   * zeros (only whole blocks are freed; a block another piece of a split key still uses keeps its bytes).
+   */
+  private async punchTiny(id: number, off: number, len: number): Promise<void> {
+    const end = off + len;
+    const lo = alignDown(off), hi = alignUp(end);
+    const punch = (): Promise<void> => openFiles.use(this.file(id), async (fh) => {
+      const from = lo < off && await isZeros(fh, lo, off - lo) ? lo : off;
+      const to = hi > end && await isZeros(fh, end, hi - end) ? hi : end;
+      punchHole(fh.fd, from, to - from);
+    });
+    await (lo < off || hi > end ? this.tinyGuard(id).edges(lo, hi, punch) : punch());
+  }
+
+  private tinyGuard(id: number): EdgeGuard {
+    let g = this.tinyGuards.get(id);
+    if (!g) this.tinyGuards.set(id, (g = new EdgeGuard()));
+    return g;
   }
 
   async close(): Promise<void> {
@@ -348,6 +458,23 @@ export class ExtentNotExist extends Error {
   constructor(id: number) {
     super(`extent ${id} does not exist`);
   }
+}
+
+/** [off, off+len) of the file reads as zeros (bytes past its end do). */
+async function isZeros(fh: fsp.FileHandle, off: number, len: number): Promise<boolean> {
+  const buf = Buffer.alloc(len);
+  let done = 0;
+  while (done < len) {
+    const { bytesRead } = await fh.read(buf, done, len - done, off + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  for (let i = 0; i < done; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+function alignDown(n: number): number {
+  return Math.floor(n / TINY_ALIGN) * TINY_ALIGN;
 }
 
 function alignUp(n: number): number {
