@@ -100,7 +100,7 @@ export async function demo(o: DemoOptions): Promise<void> {
   if (o.stop) return stopDemo(dir, mp);
 
   try {
-    fs.mkdirSync(dir, { recursive: true });
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   } catch (e) {
     throw new CliError(`cannot create the demo directory ${dir}: ${oneLine(e)}`);
   }
@@ -144,7 +144,7 @@ export async function demo(o: DemoOptions): Promise<void> {
   process.stdout.write(
     `${said.join('; ')}\n`
     + `  mountpoint: ${mp}\n  volume:     ${layout.vol} (owner ${layout.owner})\n  master:     ${layout.master}\n`
-    + `  data, logs: ${dir}\n`
+    + `  data, logs: ${dir} (admin secret: ${path.join(dir, 'secret')})\n`
     + `  try:        echo hello > ${mp}/hello.txt && cat ${mp}/hello.txt\n`
     + `  unmount:    cubefs-mount umount ${mp}\n`
     + `  stop all:   cubefs-mount demo --stop${dir === DEMO_DIR ? '' : ` --dir ${dir}`}\n`,
