@@ -11,6 +11,7 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MasterClient } from '../master/client.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
+import { makeDirs, makeDirsReason } from '../util/dirs.js';
 import { logger, notice, warn } from '../util/log.js';
 import { DataNode } from './datanode.js';
 import { Master, newVolumeProblem } from './master.js';
@@ -105,7 +106,11 @@ export class EmbeddedCluster {
   }
 
   private async boot(): Promise<void> {
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    try {
+      makeDirs(this.dir, 0o700);
+    } catch (e) {
+      throw new CubeFSError(ErrorCode.Invalid, `cannot create the cluster directory ${this.dir}: ${makeDirsReason(e)}`, { cause: e });
+    }
     // A cluster directory from before the secret existed gets one now.
     this.secret = ensureSecret(this.dir);
     const saved: Layout | null = fs.existsSync(this.layoutFile()) ? JSON.parse(fs.readFileSync(this.layoutFile(), 'utf8')) : null;
@@ -150,7 +155,7 @@ export class EmbeddedCluster {
 
   private async startNode(role: Role, index: number, listen: string, peers?: { metanodes: string[]; datanodes: string[] }): Promise<string> {
     const dir = this.nodeDir(role, index);
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirs(dir, 0o700);
     // The nodes' files are every volume's data and metadata: for this user only, also in an older DIR.
     fs.chmodSync(dir, 0o700);
     const run: Running = { role, index, dir, addr: listen, stopping: false };

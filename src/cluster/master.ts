@@ -41,6 +41,7 @@ import { Result, resultName } from '../proto/result.js';
 import { ConnPool } from '../transport/tcp.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { makeDirs } from '../util/dirs.js';
 import { logger, notice, warn } from '../util/log.js';
 
 const log = logger('master-server');
@@ -190,7 +191,7 @@ export class Master {
   async start(): Promise<string> {
     if (this.server) return this.address;
     this.stopped = false;
-    fs.mkdirSync(this.opts.dir, { recursive: true });
+    makeDirs(this.opts.dir);
     this.state = this.load();
     this.pool = new ConnPool(1, Math.max(1000, this.opts.heartbeatMs));
     const { host, port } = listenAddr(this.opts.listen);
