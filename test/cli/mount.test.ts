@@ -189,6 +189,7 @@ t.test('failures: non-zero exit and a clear one-line message', async (t) => {
     ['mountpoint not a directory', [path.join(dir, 'file'), '--master', MASTER, '--vol', VOL, '--owner', OWNER], /mountpoint .*file is not a directory/],
     ['owner missing', [mnt, '--master', MASTER, '--vol', VOL], /missing --owner/],
     ['bad master address', [mnt, '--master', 'nowhere', '--vol', VOL, '--owner', OWNER], /"nowhere" is not HOST:PORT/],
+    ['negative attrValid', [mnt, '--master', MASTER, '--vol', VOL, '--owner', OWNER, '-o', 'attrValid=-5'], /-o attrValid=-5: -5 is negative; give 0 or more seconds/],
   ];
   fs.writeFileSync(path.join(dir, 'file'), 'x');
   for (const [what, args, msg] of cases) {
