@@ -3,7 +3,7 @@
  * MountSettings (the file first, then -o, then the flags: the command line wins).
  *
  * fuse.json uses upstream's client keys (proto/mount_options.go): masterAddr, mountPoint, volName, owner,
- * logDir, logLevel, attrValid and lookupValid (seconds; a negative value means the default), rdonly,
+ * logDir, logLevel, attrValid and lookupValid (seconds, 0 or more; a negative number is refused), rdonly,
  * fsyncOnClose, writecache (FUSE writeback cache), followerRead, nearRead, enableXattr, subdir; and ours:
  * writeBehind (default true), flushInterval (seconds, default 5: how often a file being written has its extents
  * recorded besides fsync and close),
@@ -148,10 +148,11 @@ export function parseMasters(v: string | string[], where: string): string[] {
   return list;
 }
 
-function seconds(v: unknown, where: string): number | undefined {
+function seconds(v: unknown, where: string): number {
   const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN;
   if (!Number.isFinite(n)) throw new CliError(`${where}: "${String(v)}" is not a number of seconds`, 2);
-  if (n < 0) return undefined;
+  // Taken as "the default" once, silently: a typo then looked like a setting that worked.
+  if (n < 0) throw new CliError(`${where}: ${n} is negative; give 0 or more seconds (0: no kernel cache; leave it out for the default)`, 2);
   return n;
 }
 
@@ -203,8 +204,8 @@ export function readConfigFile(file: string, warn: (msg: string) => void): Parti
       case 'owner': out.owner = str(v, where); break;
       case 'logDir': out.logDir = str(v, where); break;
       case 'logLevel': out.logLevel = logLevel(v, where); break;
-      case 'attrValid': { const s = seconds(v, where); if (s !== undefined) out.attrValid = s; break; }
-      case 'lookupValid': { const s = seconds(v, where); if (s !== undefined) out.lookupValid = s; break; }
+      case 'attrValid': out.attrValid = seconds(v, where); break;
+      case 'lookupValid': out.lookupValid = seconds(v, where); break;
       case 'rdonly': out.readOnly = bool(v, where); break;
       case 'fsyncOnClose': out.fsyncOnClose = bool(v, where); break;
       case 'writecache': out.writecache = bool(v, where); break;
@@ -246,8 +247,8 @@ export function parseOptions(list: string[], warn: (msg: string) => void, sloppy
       case 'mountPoint': out.mountpoint = need(); continue;
       case 'logDir': out.logDir = need(); continue;
       case 'logLevel': out.logLevel = logLevel(need(), where); continue;
-      case 'attrValid': { const s = seconds(need(), where); if (s !== undefined) out.attrValid = s; continue; }
-      case 'lookupValid': { const s = seconds(need(), where); if (s !== undefined) out.lookupValid = s; continue; }
+      case 'attrValid': out.attrValid = seconds(need(), where); continue;
+      case 'lookupValid': out.lookupValid = seconds(need(), where); continue;
       case 'ro': case 'rdonly': out.readOnly = val === undefined ? true : bool(val, where); continue;
       case 'fsyncOnClose': out.fsyncOnClose = val === undefined ? true : bool(val, where); continue;
       case 'writecache': out.writecache = val === undefined ? true : bool(val, where); continue;

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CliError } from './config.js';
+import { fsReason, isNotWritable, makeDirs, makeDirsReason } from '../util/dirs.js';
 
 export const MAIN_JS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
 
@@ -39,16 +40,22 @@ export interface Daemon {
  * says it is ready; rejects with its one-line failure otherwise. `what` names it in messages.
  */
 export async function spawnDaemon(args: string[], logFile: string, what: string, timeoutMs = 120_000): Promise<Daemon> {
+  const logDir = path.dirname(logFile);
   try {
-    fs.mkdirSync(path.dirname(logFile), { recursive: true });
+    makeDirs(logDir);
   } catch (e) {
-    throw new CliError(`cannot create the log directory ${path.dirname(logFile)}: ${(e as Error).message}`);
+    throw new CliError(`cannot create the log directory ${logDir}: ${makeDirsReason(e)}`);
   }
   let fd: number;
   try {
     fd = fs.openSync(logFile, 'a', 0o640);
   } catch (e) {
-    throw new CliError(`cannot open the log file ${logFile}: ${(e as Error).message}`);
+    if (isNotWritable(e)) {
+      // The directory, unless the file itself is what refuses (EROFS is the whole file system's).
+      const what = (e as NodeJS.ErrnoException).code !== 'EROFS' && fs.existsSync(logFile) ? `log file ${logFile}` : `log directory ${logDir}`;
+      throw new CliError(`${what} is not writable (${fsReason(e)})`);
+    }
+    throw new CliError(`cannot open the log file ${logFile}: ${fsReason(e)}`);
   }
   const start = fs.fstatSync(fd).size;
   const child = spawn(process.execPath, [MAIN_JS, ...args], {

@@ -10,9 +10,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { MasterClient } from '../master/client.js';
 import { mountedAt } from '../fuse/session.js';
+import { makeDirs, makeDirsReason } from '../util/dirs.js';
 import { CliError, DEFAULT_LOG_DIR, type MountSettings } from './config.js';
 import { alive, cmdline, MAIN_JS, spawnDaemon, waitGone } from './daemon.js';
-import { oneLine, runBackground, unmount } from './mount.js';
+import { runBackground, unmount } from './mount.js';
 
 export const DEMO_DIR = '/var/lib/cubefs-mount/demo';
 export const DEMO_MOUNTPOINT = '/mnt/cubefs';
@@ -100,9 +101,9 @@ export async function demo(o: DemoOptions): Promise<void> {
   if (o.stop) return stopDemo(dir, mp);
 
   try {
-    fs.mkdirSync(dir, { recursive: true });
+    makeDirs(dir, 0o700);
   } catch (e) {
-    throw new CliError(`cannot create the demo directory ${dir}: ${oneLine(e)}`);
+    throw new CliError(`cannot create the demo directory ${dir}: ${makeDirsReason(e)}`);
   }
   const said: string[] = [];
   let pid = clusterPid(dir);
@@ -131,7 +132,11 @@ export async function demo(o: DemoOptions): Promise<void> {
   } else {
     if (status === 'other') throw new CliError(`${mp} is already a mount of another file system; choose another: cubefs-mount demo --mountpoint DIR`);
     if (status === 'stale') await unmount(mp, { lazy: true, quiet: true });
-    fs.mkdirSync(mp, { recursive: true });
+    try {
+      makeDirs(mp);
+    } catch (e) {
+      throw new CliError(`cannot create the mountpoint ${mp}: ${makeDirsReason(e)}`);
+    }
     const s: MountSettings = {
       mountpoint: mp, masters: [layout.master], vol: layout.vol, owner: layout.owner, readOnly: false,
       fuseOptions: [], logDir: DEFAULT_LOG_DIR, logFile: f.mountLog,
@@ -144,7 +149,7 @@ export async function demo(o: DemoOptions): Promise<void> {
   process.stdout.write(
     `${said.join('; ')}\n`
     + `  mountpoint: ${mp}\n  volume:     ${layout.vol} (owner ${layout.owner})\n  master:     ${layout.master}\n`
-    + `  data, logs: ${dir}\n`
+    + `  data, logs: ${dir} (admin secret: ${path.join(dir, 'secret')})\n`
     + `  try:        echo hello > ${mp}/hello.txt && cat ${mp}/hello.txt\n`
     + `  unmount:    cubefs-mount umount ${mp}\n`
     + `  stop all:   cubefs-mount demo --stop${dir === DEMO_DIR ? '' : ` --dir ${dir}`}\n`,

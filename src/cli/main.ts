@@ -9,6 +9,7 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { EmbeddedCluster } from '../cluster/launcher.js';
+import { MAX_CAPACITY_GB } from '../cluster/master.js';
 import { CliError, resolveSettings, type MountFlags } from './config.js';
 import { hasParentChannel, notifyParent } from './daemon.js';
 import { DEMO_DIR, DEMO_MOUNTPOINT, demo } from './demo.js';
@@ -17,6 +18,12 @@ import { oneLine, runBackground, runForeground, unmount } from './mount.js';
 function port(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('a port number 0-65535');
+  return n;
+}
+
+function capacityGB(v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || n < 1 || n > MAX_CAPACITY_GB) throw new InvalidArgumentError(`a whole number of GB, 1..${MAX_CAPACITY_GB}`);
   return n;
 }
 
@@ -150,11 +157,12 @@ export function buildProgram(): Command {
     .option('--master-port <port>', 'master HTTP port (0: any free port)', port, 17010)
     .option('--vol <name>', 'volume to create on first start', 'cubefs')
     .option('--owner <owner>', 'owner of that volume', 'cubefs')
-    .option('--capacity <GB>', 'volume capacity in GB', (v) => Number(v), 100)
+    .option('--capacity <GB>', 'volume capacity in GB', capacityGB, 100)
     .addHelpText('after', '\nExample:\n  cubefs-mount cluster --dir /var/lib/cubefs-embedded\n')
     .action(async (o: { dir: string; host: string; masterPort: number; vol: string; owner: string; capacity: number }) => {
       if (!['127.0.0.1', 'localhost', '::1'].includes(o.host)) {
-        process.stderr.write(`warning: the embedded cluster listens on ${o.host}; it has no authentication beyond the owner name\n`);
+        process.stderr.write(`warning: the embedded cluster listens on ${o.host}: anyone who reaches its metanode and datanode ports `
+          + 'can read and write every volume (they have no authentication; see docs/security.md)\n');
       }
       let cluster: EmbeddedCluster;
       try {
@@ -169,6 +177,7 @@ export function buildProgram(): Command {
         `embedded CubeFS cluster running (data in ${cluster.dir})\n` +
         `  master:    ${cluster.masterAddr}\n  volume:    ${cluster.vol}\n  owner:     ${cluster.owner}\n` +
         `  metanode:  ${cluster.metanodeAddr}\n  datanodes: ${cluster.datanodeAddrs.join(' ')}\n` +
+        `  secret:    ${cluster.secretFile} (the admin API wants it: header X-CubeFS-Secret)\n` +
         'stop with Ctrl-C\n',
       );
       const stopped = new Promise<void>((resolve) => {

@@ -21,6 +21,7 @@ import createDebug from 'debug';
 import { mountVolume, type Mount } from '../fs/mount.js';
 import { mountedAt } from '../fuse/session.js';
 import { logger } from '../util/log.js';
+import { makeDirs } from '../util/dirs.js';
 import { CliError, debugNamespaces, logFileOf, settingsToArgv, type MountSettings } from './config.js';
 import { alive, hasParentChannel, notifyParent, spawnDaemon, waitGone } from './daemon.js';
 
@@ -112,7 +113,7 @@ export async function runForeground(s: MountSettings): Promise<number> {
   const mp = m.session.mountpoint;
   const st = stateFile(mp);
   try {
-    fs.mkdirSync(runDir(), { recursive: true });
+    makeDirs(runDir());
     const state: MountState = { pid: process.pid, mountpoint: mp, vol: s.vol, masters: s.masters, log: logFile };
     fs.writeFileSync(st, JSON.stringify(state));
   } catch (e) {

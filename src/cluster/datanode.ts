@@ -45,6 +45,7 @@ import { nextReqId } from '../transport/reqid.js';
 import { PacketServer, type RequestContext } from '../transport/server.js';
 import { ConnPool } from '../transport/tcp.js';
 import { logger, warn } from '../util/log.js';
+import { makeDirs } from '../util/dirs.js';
 import { EXTENT_SIZE_LIMIT, ExtentNotExist, ExtentStore, isTinyExtent } from './extent-store.js';
 
 const log = logger('datanode');
@@ -162,7 +163,7 @@ export class DataNode {
 
   async start(): Promise<string> {
     if (this.server) return this.address;
-    await fsp.mkdir(this.opts.dir, { recursive: true });
+    makeDirs(this.opts.dir);
     for (const name of await fsp.readdir(this.opts.dir)) {
       if (!/^\d+$/.test(name)) continue;
       try {

@@ -28,6 +28,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { makeDirs } from '../util/dirs.js';
 import { warn } from '../util/log.js';
 import { cannotPunch, punchHole } from './punch-hole.js';
 
@@ -202,7 +203,7 @@ export class ExtentStore {
       m = JSON.parse(await fsp.readFile(path.join(dir, 'meta.json'), 'utf8')) as PartitionMeta;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !create) throw e;
-      await fsp.mkdir(dir, { recursive: true });
+      makeDirs(dir);
       m = { ...meta, NextExtentId: MIN_NORMAL_EXTENT_ID };
     }
     const st = new ExtentStore(dir, m);

@@ -11,10 +11,12 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { MasterClient } from '../master/client.js';
 import { CubeFSError, ErrorCode, sleep } from '../util/errors.js';
+import { makeDirs, makeDirsReason } from '../util/dirs.js';
 import { logger, notice, warn } from '../util/log.js';
 import { DataNode } from './datanode.js';
-import { Master } from './master.js';
+import { Master, newVolumeProblem } from './master.js';
 import { MetaNode } from './metanode.js';
+import { ensureSecret, secretPath } from './secret.js';
 
 const log = logger('cluster');
 const NODE_MAIN = path.join(path.dirname(fileURLToPath(import.meta.url)), 'node-main.js');
@@ -72,6 +74,7 @@ export class EmbeddedCluster {
   private layout!: Layout;
   private readonly nodes: Running[] = [];
   private stopped = false;
+  private secret = '';
 
   private constructor(opts: ClusterOptions) {
     this.opts = opts;
@@ -83,6 +86,9 @@ export class EmbeddedCluster {
   get datanodeAddrs(): string[] { return [...this.layout.datanodes]; }
   get vol(): string { return this.layout.vol; }
   get owner(): string { return this.layout.owner; }
+  /** DIR/secret: the admin secret the master wants for createVol and getVol's Owner. */
+  get secretFile(): string { return secretPath(this.dir); }
+  get adminSecret(): string { return this.secret; }
 
   static async start(opts: ClusterOptions): Promise<EmbeddedCluster> {
     const c = new EmbeddedCluster(opts);
@@ -100,8 +106,19 @@ export class EmbeddedCluster {
   }
 
   private async boot(): Promise<void> {
-    fs.mkdirSync(this.dir, { recursive: true });
+    try {
+      makeDirs(this.dir, 0o700);
+    } catch (e) {
+      throw new CubeFSError(ErrorCode.Invalid, `cannot create the cluster directory ${this.dir}: ${makeDirsReason(e)}`, { cause: e });
+    }
+    // A cluster directory from before the secret existed gets one now.
+    this.secret = ensureSecret(this.dir);
     const saved: Layout | null = fs.existsSync(this.layoutFile()) ? JSON.parse(fs.readFileSync(this.layoutFile(), 'utf8')) : null;
+    if (!saved) {
+      // Said before anything starts: cluster.json, once written, means "the volume exists".
+      const bad = newVolumeProblem(this.opts.vol ?? 'cubefs', this.opts.owner ?? 'cubefs', this.opts.capacityGB ?? 100, this.opts.dataPartitions ?? 4);
+      if (bad) throw new CubeFSError(ErrorCode.Invalid, `the cluster's volume: ${bad}`);
+    }
     const host = saved?.host ?? this.opts.host ?? '127.0.0.1';
     const at = (addr: string | undefined): string => addr ?? `${host}:0`;
     const meta = await this.startNode('metanode', 0, at(saved?.metanode));
@@ -113,15 +130,22 @@ export class EmbeddedCluster {
       host, master, metanode: meta, datanodes: datas,
       vol: saved?.vol ?? this.opts.vol ?? 'cubefs', owner: saved?.owner ?? this.opts.owner ?? 'cubefs',
     };
+    // 0600: it names the volume's owner, the credential /client/vol checks.
     const tmp = this.layoutFile() + '.tmp';
-    fs.writeFileSync(tmp, JSON.stringify(this.layout, null, 2));
+    fs.writeFileSync(tmp, JSON.stringify(this.layout, null, 2), { mode: 0o600 });
+    fs.chmodSync(tmp, 0o600);
     fs.renameSync(tmp, this.layoutFile());
     if (!saved) {
-      const mc = new MasterClient(master);
-      await mc.createVolume(this.layout.vol, this.layout.owner, {
-        capacityGB: this.opts.capacityGB ?? 100,
-        replicaNum: 3,
-      });
+      const mc = new MasterClient(master, { adminSecret: this.secret });
+      try {
+        await mc.createVolume(this.layout.vol, this.layout.owner, {
+          capacityGB: this.opts.capacityGB ?? 100,
+          replicaNum: 3,
+          ...(this.opts.dataPartitions !== undefined ? { dataPartitions: this.opts.dataPartitions } : {}),
+        });
+      } finally {
+        mc.close();
+      }
     }
   }
 
@@ -131,11 +155,13 @@ export class EmbeddedCluster {
 
   private async startNode(role: Role, index: number, listen: string, peers?: { metanodes: string[]; datanodes: string[] }): Promise<string> {
     const dir = this.nodeDir(role, index);
-    fs.mkdirSync(dir, { recursive: true });
+    makeDirs(dir, 0o700);
+    // The nodes' files are every volume's data and metadata: for this user only, also in an older DIR.
+    fs.chmodSync(dir, 0o700);
     const run: Running = { role, index, dir, addr: listen, stopping: false };
     if (this.opts.processes === false) {
       const node =
-        role === 'master' ? new Master({ dir, listen, metanodes: peers!.metanodes, datanodes: peers!.datanodes, ...(this.opts.heartbeatMs ? { heartbeatMs: this.opts.heartbeatMs } : {}) })
+        role === 'master' ? new Master({ dir, listen, secret: this.secret, metanodes: peers!.metanodes, datanodes: peers!.datanodes, ...(this.opts.heartbeatMs ? { heartbeatMs: this.opts.heartbeatMs } : {}) })
         : role === 'metanode' ? new MetaNode({ dir, listen })
         : new DataNode({ dir, listen, ...(this.opts.datanodeCapacity ? { capacityBytes: this.opts.datanodeCapacity } : {}), ...(this.opts.rdma ? { rdma: this.opts.rdma } : {}) });
       run.addr = await node.start();
@@ -143,6 +169,7 @@ export class EmbeddedCluster {
     } else {
       const args = [NODE_MAIN, role, '--dir', dir, '--listen', listen];
       if (peers) args.push('--metanodes', peers.metanodes.join(','), '--datanodes', peers.datanodes.join(','));
+      if (role === 'master') args.push('--secret-file', secretPath(this.dir));
       if (role === 'datanode' && this.opts.datanodeCapacity) args.push('--capacity', String(this.opts.datanodeCapacity));
       if (role === 'datanode' && this.opts.rdma) args.push('--rdma', this.opts.rdma);
       if (role === 'master' && this.opts.heartbeatMs) args.push('--heartbeat-ms', String(this.opts.heartbeatMs));

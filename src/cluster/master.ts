@@ -20,19 +20,28 @@
  *
  * Replies copy upstream's shapes key by key (golden/cubefs-real/*.json) and its error convention:
  * HTTP 200 with a non-zero envelope code (7 vol not exists, 34 auth key mismatch, 12 duplicate vol).
+ *
+ * Admin secret: any local process reaches this port, so what changes the cluster or hands out a volume's
+ * credential wants the cluster's secret (header X-CubeFS-Secret, compared in constant time): createVol is
+ * refused without it (57, no permission), and getVol answers Owner "" (the owner is the only credential
+ * /client/vol checks). A wrong secret is refused on both. What a client needs stays open. createVol is
+ * bounded (MAX_VOLUMES, name, owner, capacity, partitions), so even the secret's holder cannot fill the disk
+ * with partitions by mistake.
  * The last meta partition ends at 2^63-1; that End is written as exact digits, which JSON.stringify
  * cannot do for a number, so replies are stringified with bigints spliced in as text.
  */
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { Op } from '../proto/opcode.js';
+import { ADMIN_SECRET_HEADER } from '../proto/types.js';
 import { newPacket } from '../proto/packet.js';
 import { Result, resultName } from '../proto/result.js';
 import { ConnPool } from '../transport/tcp.js';
 import { nextReqId } from '../transport/reqid.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { makeDirs } from '../util/dirs.js';
 import { logger, notice, warn } from '../util/log.js';
 
 const log = logger('master-server');
@@ -47,6 +56,8 @@ export interface MasterOptions {
   /** Cluster name (default "cfs_local"); a reloaded state keeps its own. */
   cluster?: string;
   heartbeatMs?: number;
+  /** The cluster's admin secret (DIR/secret): createVol and getVol's Owner want it. */
+  secret: string;
 }
 
 export interface CreateVolumeOptions {
@@ -65,6 +76,7 @@ export const ApiCode = {
   VolNotExists: 7,
   DuplicateVol: 12,
   AuthKeyMismatch: 34,
+  NoPermission: 57,
 } as const;
 
 const MAX_INT64 = 9223372036854775807n;
@@ -73,6 +85,12 @@ const MP_SPAN = 4194304n;
 const META_PARTITIONS = 3;
 const GB = 1024 ** 3;
 const VOL_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,62}$/;
+/** Upstream's owner rule (master's ownerRegexp). */
+const OWNER_NAME = /^[A-Za-z][A-Za-z0-9_]{0,20}$/;
+/** Bounds on createVol: each volume is partitions (directories, files, heartbeat work) on every node. */
+export const MAX_VOLUMES = 64;
+export const MAX_DATA_PARTITIONS = 64;
+export const MAX_CAPACITY_GB = 1024 * 1024;
 
 interface MpRecord {
   id: number;
@@ -135,7 +153,9 @@ class ApiError extends Error {
 }
 
 export class Master {
-  private readonly opts: Required<Omit<MasterOptions, 'cluster'>> & { cluster: string };
+  private readonly opts: Required<Omit<MasterOptions, 'cluster' | 'secret'>> & { cluster: string };
+  /** sha256 of the admin secret: compared in constant time whatever the length given. */
+  private readonly secretHash: Buffer;
   private state: MasterState | null = null;
   private server: http.Server | null = null;
   private pool: ConnPool | null = null;
@@ -159,6 +179,8 @@ export class Master {
       cluster: opts.cluster ?? 'cfs_local',
       heartbeatMs: opts.heartbeatMs ?? 2000,
     };
+    if (typeof opts.secret !== 'string' || opts.secret.length === 0) throw new CubeFSError(ErrorCode.Invalid, 'the master needs the cluster secret');
+    this.secretHash = sha256(opts.secret);
   }
 
   /** "host:port" the HTTP API listens on (after start). */
@@ -169,7 +191,7 @@ export class Master {
   async start(): Promise<string> {
     if (this.server) return this.address;
     this.stopped = false;
-    fs.mkdirSync(this.opts.dir, { recursive: true });
+    makeDirs(this.opts.dir);
     this.state = this.load();
     this.pool = new ConnPool(1, Math.max(1000, this.opts.heartbeatMs));
     const { host, port } = listenAddr(this.opts.listen);
@@ -289,19 +311,19 @@ export class Master {
   private async doCreateVolume(name: string, owner: string, opts: CreateVolumeOptions): Promise<void> {
     const s = this.state;
     if (!s || this.stopped) throw new ApiError(ApiCode.InternalError, 'master is not running');
-    if (!VOL_NAME.test(name)) throw new ApiError(ApiCode.ParamError, `parameter name not legal: "${name}"`);
     if (!owner) throw new ApiError(ApiCode.ParamError, 'parameter owner not found');
-    if (s.vols.some((v) => v.name === name)) throw new ApiError(ApiCode.DuplicateVol, 'duplicate vol');
     const replicaNum = opts.replicaNum ?? 3;
     const nDps = opts.dataPartitions ?? 4;
     const capacityGB = opts.capacityGB ?? 10;
+    const bad = newVolumeProblem(name, owner, capacityGB, nDps);
+    if (bad) throw new ApiError(ApiCode.ParamError, bad);
+    if (s.vols.some((v) => v.name === name)) throw new ApiError(ApiCode.DuplicateVol, 'duplicate vol');
+    if (s.vols.length >= MAX_VOLUMES) throw new ApiError(ApiCode.ParamError, `the embedded cluster holds at most ${MAX_VOLUMES} volumes`);
     const dn = this.opts.datanodes;
     const mn = this.opts.metanodes;
     if (!Number.isInteger(replicaNum) || replicaNum < 1 || replicaNum > dn.length) {
       throw new ApiError(ApiCode.ParamError, `replicaNum ${replicaNum} needs as many datanodes, the cluster has ${dn.length}`);
     }
-    if (!Number.isInteger(nDps) || nDps < 1) throw new ApiError(ApiCode.ParamError, `bad data partition count ${nDps}`);
-    if (!Number.isFinite(capacityGB) || capacityGB <= 0) throw new ApiError(ApiCode.ParamError, `bad capacity ${capacityGB}`);
     if (mn.length === 0) throw new ApiError(ApiCode.InternalError, 'no metanode to create meta partitions');
 
     const mps: MpRecord[] = [];
@@ -589,13 +611,13 @@ export class Master {
     };
   }
 
-  private adminVol(v: VolRecord): Record<string, unknown> {
+  private adminVol(v: VolRecord, showOwner: boolean): Record<string, unknown> {
     const u = this.volUsage(v);
     const rw = v.dps.filter((dp) => dp.hosts.every((a) => this.isAlive(a))).length;
     return {
       ID: v.id,
       Name: v.name,
-      Owner: v.owner,
+      Owner: showOwner ? v.owner : '',
       ZoneName: 'default',
       DpReplicaNum: v.replicaNum,
       MpReplicaNum: v.mps[0]?.members.length ?? 1,
@@ -822,7 +844,8 @@ export class Master {
         for (const [k, v] of new URLSearchParams(Buffer.concat(chunks).toString('utf8'))) if (!params.has(k)) params.set(k, v);
       }
       const remote = (req.socket.remoteAddress ?? '').replace(/^::ffff:/, '');
-      this.route(url.pathname, params, remote).then(
+      const secret = req.headers[ADMIN_SECRET_HEADER.toLowerCase()];
+      this.route(url.pathname, params, remote, typeof secret === 'string' ? secret : undefined).then(
         (data) => send(res, 200, envelope(ApiCode.Success, 'success', data)),
         (e: Error) => {
           if (e instanceof NotFound) {
@@ -838,7 +861,14 @@ export class Master {
     });
   }
 
-  private async route(pathname: string, q: URLSearchParams, remote: string): Promise<unknown> {
+  /** Whether the request carries the admin secret: false when it carries none, refused when a wrong one. */
+  private hasSecret(given: string | undefined): boolean {
+    if (given === undefined) return false;
+    if (!timingSafeEqual(sha256(given), this.secretHash)) throw new ApiError(ApiCode.NoPermission, 'no permission: wrong cluster secret');
+    return true;
+  }
+
+  private async route(pathname: string, q: URLSearchParams, remote: string, secret: string | undefined): Promise<unknown> {
     if (!this.state) throw new ApiError(ApiCode.InternalError, 'master is not running');
     switch (pathname) {
       case '/client/vol': {
@@ -856,11 +886,16 @@ export class Master {
         return this.volStat(this.vol(q.get('name')));
       case '/admin/getIp':
         return this.clusterIp(remote);
-      case '/admin/getVol':
-        return this.adminVol(this.vol(q.get('name')));
+      case '/admin/getVol': {
+        const shown = this.hasSecret(secret);
+        return this.adminVol(this.vol(q.get('name')), shown);
+      }
       case '/admin/getCluster':
         return this.cluster();
       case '/admin/createVol': {
+        if (!this.hasSecret(secret)) {
+          throw new ApiError(ApiCode.NoPermission, `no permission: createVol needs the cluster secret (header ${ADMIN_SECRET_HEADER}; the embedded cluster keeps it in DIR/secret)`);
+        }
         const name = q.get('name') ?? '';
         const owner = q.get('owner') ?? '';
         const opts: CreateVolumeOptions = {};
@@ -882,6 +917,17 @@ export class Master {
 
 class NotFound extends Error {}
 
+/** What is wrong with a new volume's name, owner, capacity or partition count, or undefined (the launcher asks first). */
+export function newVolumeProblem(name: string, owner: string, capacityGB: number, dataPartitions: number): string | undefined {
+  if (!VOL_NAME.test(name)) return `parameter name not legal: "${name.slice(0, 80)}" (2-63 letters, digits, _ . -)`;
+  if (!OWNER_NAME.test(owner)) return `parameter owner not legal: "${owner.slice(0, 80)}" (a letter, then up to 20 letters, digits or _)`;
+  if (!Number.isInteger(capacityGB) || capacityGB < 1 || capacityGB > MAX_CAPACITY_GB) return `bad capacity ${capacityGB} (whole GB, 1..${MAX_CAPACITY_GB})`;
+  if (!Number.isInteger(dataPartitions) || dataPartitions < 1 || dataPartitions > MAX_DATA_PARTITIONS) {
+    return `bad data partition count ${dataPartitions} (1..${MAX_DATA_PARTITIONS})`;
+  }
+  return undefined;
+}
+
 /** The leader a new data partition starts with: its hosts in turn by partition id, so Hosts[0] leads only some. */
 function firstLeader(id: number, hosts: string[]): string {
   return hosts[id % hosts.length] ?? '';
@@ -895,6 +941,10 @@ function listenAddr(a: string): { host: string; port: number } {
     throw new CubeFSError(ErrorCode.Invalid, `bad listen address "${a}" (want HOST:PORT)`);
   }
   return { host: a.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}
+
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
 }
 
 function md5(s: string): string {

@@ -32,6 +32,7 @@ import path from 'node:path';
 import { crc32 } from '../proto/crc32.js';
 import type { ExtentKey } from '../proto/types.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
+import { makeDirs } from '../util/dirs.js';
 import { warn } from '../util/log.js';
 
 export interface InodeRec {
@@ -219,7 +220,7 @@ export class MetaStore {
     this.snapPath = path.join(opts.dir, 'meta.snap');
     this.compactBytes = opts.compactBytes ?? 64 * 1024 * 1024;
     this.compactAt = this.compactBytes;
-    fs.mkdirSync(opts.dir, { recursive: true });
+    makeDirs(opts.dir);
   }
 
   /** Replays snapshot and log (cutting a torn tail off the log), then compacts when the log held anything. */

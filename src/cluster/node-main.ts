@@ -2,6 +2,7 @@
  * One embedded-cluster node as a process of its own, so a test (or a person) can kill it.
  *
  *   node dist/src/cluster/node-main.js ROLE --dir DIR --listen HOST:PORT [--metanodes A] [--datanodes A,B,C]
+ *       [--secret-file FILE]   (the master: the cluster's admin secret, read from a file so no process list shows it)
  *
  * Prints one JSON line {"role","addr"} on stdout when it serves, and stops cleanly on SIGTERM/SIGINT.
  */
@@ -9,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { DataNode } from './datanode.js';
 import { Master } from './master.js';
 import { MetaNode } from './metanode.js';
+import { readSecret } from './secret.js';
 
 interface Node { start(): Promise<string>; stop(): Promise<void> }
 
@@ -23,6 +25,7 @@ async function main(): Promise<void> {
       capacity: { type: 'string' },
       'heartbeat-ms': { type: 'string' },
       rdma: { type: 'string' },
+      'secret-file': { type: 'string' },
     },
   });
   const role = positionals[0];
@@ -32,7 +35,9 @@ async function main(): Promise<void> {
   let node: Node;
   switch (role) {
     case 'master':
+      if (!values['secret-file']) throw new Error('the master needs --secret-file FILE (the cluster\'s admin secret)');
       node = new Master({
+        secret: readSecret(values['secret-file']),
         dir, listen: values.listen, metanodes: list(values.metanodes), datanodes: list(values.datanodes),
         ...(values['heartbeat-ms'] ? { heartbeatMs: Number(values['heartbeat-ms']) } : {}),
       });

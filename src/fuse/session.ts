@@ -166,14 +166,39 @@ export function mountedAt(dir: string): string | null {
   return null;
 }
 
-async function checkMountpoint(mp: string): Promise<string> {
+/** The kernel's FUSE device is the misc device 10,229 (include/linux/miscdevice.h: FUSE_MINOR). */
+const FUSE_MAJOR = 10;
+const FUSE_MINOR = 229;
+
+/** glibc's major()/minor() of a dev_t. */
+export function devNumbers(rdev: number): { major: number; minor: number } {
+  const hi = Math.floor(rdev / 2 ** 32);
+  const lo = rdev >>> 0;
+  return {
+    major: ((lo >>> 8) & 0xfff) | ((hi & 0xfffff000) >>> 0),
+    minor: ((lo & 0xff) | ((lo >>> 12) & 0xfff00) | ((hi & 0xfff) << 20)) >>> 0,
+  };
+}
+
+async function checkFuseDevice(): Promise<void> {
+  let dev: fs.Stats;
   try {
-    const dev = await fsp.stat('/dev/fuse');
-    if (!dev.isCharacterDevice()) throw new Error('not a character device');
+    dev = await fsp.stat('/dev/fuse');
   } catch (e) {
-    throw new FuseError('/dev/fuse is missing or not a device: load the fuse module (modprobe fuse) or give the '
-      + 'container the device (--device /dev/fuse)', errno.ENODEV, '/dev/fuse', e);
+    throw new FuseError('/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container the device '
+      + '(--device /dev/fuse)', errno.ENODEV, '/dev/fuse', e);
   }
+  // Something else there (a file, /dev/null bound over it) makes libfuse's mount fail with a bare EIO or EINVAL.
+  const { major, minor } = devNumbers(dev.rdev);
+  if (!dev.isCharacterDevice() || major !== FUSE_MAJOR || minor !== FUSE_MINOR) {
+    const what = dev.isCharacterDevice() ? `character device ${major},${minor}` : dev.isFile() ? 'a regular file' : 'not a character device';
+    throw new FuseError(`/dev/fuse is not the FUSE device (it is ${what}; FUSE's is character device ${FUSE_MAJOR},${FUSE_MINOR}): `
+      + 'see what is mounted over it (findmnt /dev/fuse) or recreate it (mknod -m 666 /dev/fuse c 10 229)', errno.ENODEV, '/dev/fuse');
+  }
+}
+
+async function checkMountpoint(mp: string): Promise<string> {
+  await checkFuseDevice();
   let st: fs.Stats;
   try {
     st = await fsp.stat(mp);
@@ -210,8 +235,9 @@ export class FuseSession extends EventEmitter {
   private readonly counters = { handlerErrors: 0, unanswered: 0, misuse: 0 };
 
   /**
-   * Mounts `ops` at `mountpoint`. Rejects with a FuseError (errno, code) when /dev/fuse is missing, the
-   * mountpoint is missing, not a directory, already a mount (EBUSY) or stale, or the mount itself fails.
+   * Mounts `ops` at `mountpoint`. Rejects with a FuseError (errno, code) when /dev/fuse is missing or not the
+   * FUSE device, the mountpoint is missing, not a directory, already a mount (EBUSY) or stale, or the mount
+   * itself fails.
    */
   static async mount(mountpoint: string, ops: FuseOps, opts: MountOptions = {}): Promise<FuseSession> {
     const mp = await checkMountpoint(path.resolve(mountpoint));

@@ -7,6 +7,9 @@
  * {code, msg, data}: code 0 is success; 34 (auth key mismatch) and 7 (volume does not exist) get errors
  * of their own, anything else is CUBEFS_MASTER_ERROR with the master's code and message.
  *
+ * adminSecret (the embedded cluster's DIR/secret) goes with /admin/ calls only, in a header: createVol
+ * wants it, and getVol shows the Owner only with it.
+ *
  * Big integers: meta partition End is 2^63-1 upstream. JSON.parse turns it into the nearest double
  * (9223372036854775808), which is what routing wants: End >= 2^53 means unbounded.
  */
@@ -22,7 +25,7 @@ import type {
   VolStat,
   VolView,
 } from '../proto/types.js';
-import { MasterCode } from '../proto/types.js';
+import { ADMIN_SECRET_HEADER, MasterCode } from '../proto/types.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
 import { logger } from '../util/log.js';
 
@@ -35,6 +38,8 @@ const MAX_REPLY_BYTES = 64 * 1024 * 1024;
 export interface MasterClientOptions {
   /** Deadline on every HTTP request to one address, in ms (default 10 s). */
   timeoutMs?: number;
+  /** The embedded cluster's admin secret (DIR/secret), sent with /admin/ calls. */
+  adminSecret?: string;
 }
 
 /** Lower-hex md5 of the owner: upstream's authKey. */
@@ -66,6 +71,7 @@ type Params = Record<string, string | number | undefined>;
 export class MasterClient {
   readonly addrs: readonly string[];
   private readonly timeoutMs: number;
+  private readonly adminSecret: string | undefined;
   private readonly agent: http.Agent;
   /** Index of the last address that answered. */
   private current = 0;
@@ -73,6 +79,7 @@ export class MasterClient {
   constructor(addrs: string | string[], opts: MasterClientOptions = {}) {
     this.addrs = parseMasterAddrs(addrs);
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_MASTER_TIMEOUT_MS;
+    this.adminSecret = opts.adminSecret;
     this.agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
   }
 
@@ -116,19 +123,20 @@ export class MasterClient {
     return o as ClusterIp;
   }
 
-  /** GET /admin/getVol: the admin's view (EnableTransactionV1, capacity, ...). */
+  /** GET /admin/getVol: the admin's view (EnableTransactionV1, capacity, ...); Owner is "" without the admin secret. */
   async getVolumeAdmin(name: string): Promise<Record<string, unknown>> {
     const data = await this.call<unknown>('GET', '/admin/getVol', { name }, { vol: name });
     return asObject(data, 'getVol');
   }
 
-  /** GET /admin/createVol. */
-  async createVolume(name: string, owner: string, opts: { capacityGB?: number; replicaNum?: number } = {}): Promise<void> {
+  /** GET /admin/createVol (the embedded master wants the admin secret). */
+  async createVolume(name: string, owner: string, opts: { capacityGB?: number; replicaNum?: number; dataPartitions?: number } = {}): Promise<void> {
     await this.call<unknown>('GET', '/admin/createVol', {
       name,
       owner,
       capacity: opts.capacityGB ?? 10,
       replicaNum: opts.replicaNum,
+      dpCount: opts.dataPartitions,
     }, { vol: name });
   }
 
@@ -150,6 +158,7 @@ export class MasterClient {
     for (const [k, v] of Object.entries(params)) if (v !== undefined) qs.set(k, String(v));
     const q = qs.toString();
     const url = q.length > 0 ? `${path}?${q}` : path;
+    const headers: Record<string, string> = path.startsWith('/admin/') && this.adminSecret ? { [ADMIN_SECRET_HEADER]: this.adminSecret } : {};
     const failures: string[] = [];
     const n = this.addrs.length;
     const start = this.current;
@@ -158,9 +167,9 @@ export class MasterClient {
       const addr = this.addrs[idx]!;
       let raw: RawReply;
       try {
-        raw = await this.exchange(addr, method, url).catch((e: Error & { reusedSocket?: boolean }) => {
+        raw = await this.exchange(addr, method, url, headers).catch((e: Error & { reusedSocket?: boolean }) => {
           // A keep-alive socket the server had already closed: one fresh try on the same address.
-          if (e.reusedSocket) return this.exchange(addr, method, url);
+          if (e.reusedSocket) return this.exchange(addr, method, url, headers);
           throw e;
         });
         if (raw.status === 403) throw new TryNext('HTTP 403 (not the leader)');
@@ -199,13 +208,17 @@ export class MasterClient {
       const who = ctx.owner !== undefined ? `owner "${ctx.owner}" is not the owner` : 'auth key rejected';
       throw new CubeFSError(ErrorCode.AuthMismatch, `volume "${ctx.vol ?? '?'}": ${who} (master: ${msg})`, { errno: os.errno.EACCES });
     }
+    if (env.code === MasterCode.NoPermission) {
+      const hint = this.adminSecret ? 'the admin secret given is not this cluster\'s' : 'it needs the cluster\'s admin secret (DIR/secret of the embedded cluster)';
+      throw new CubeFSError(ErrorCode.MasterError, `master ${addr}: ${path}: ${hint} (master: ${msg})`, { errno: os.errno.EACCES });
+    }
     if (env.code === MasterCode.VolNotExists) {
       throw new CubeFSError(ErrorCode.VolNotExist, `volume "${ctx.vol ?? '?'}" does not exist on master ${addr}`, { errno: os.errno.ENOENT });
     }
     throw new CubeFSError(ErrorCode.MasterError, `master ${addr}: ${path}: code ${env.code}: ${msg}`);
   }
 
-  private exchange(addr: string, method: string, url: string): Promise<RawReply> {
+  private exchange(addr: string, method: string, url: string, headers: Record<string, string>): Promise<RawReply> {
     const i = addr.lastIndexOf(':');
     const host = addr.slice(0, i).replace(/^\[|\]$/g, '');
     const port = Number(addr.slice(i + 1));
@@ -221,7 +234,7 @@ export class MasterClient {
         if (err) reject(err);
         else resolve(r!);
       };
-      const req = http.request({ host, port, method, path: url, agent: this.agent, headers: { 'content-length': 0 } }, (res) => {
+      const req = http.request({ host, port, method, path: url, agent: this.agent, headers: { 'content-length': 0, ...headers } }, (res) => {
         const chunks: Buffer[] = [];
         let len = 0;
         res.on('data', (c: Buffer) => {

@@ -105,7 +105,15 @@ export const MasterCode = {
   Success: 0,
   VolNotExists: 7,
   AuthKeyMismatch: 34,
+  /** ErrCodeNoPermission, in the release whose auth key mismatch is 34: the embedded master's admin secret. */
+  NoPermission: 57,
 } as const;
+
+/**
+ * The embedded cluster's admin secret travels in this header, not in the query: a URL ends up in logs,
+ * proxies' access logs and (typed into curl) the process list and shell history; a header does not.
+ */
+export const ADMIN_SECRET_HEADER = 'X-CubeFS-Secret';
 
 /** Setattr valid bits (upstream proto.AttrMode ...). */
 export const AttrValid = { Mode: 1, Uid: 2, Gid: 4, ModifyTime: 8, AccessTime: 16 } as const;

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { MasterClient } from '../../src/master/client.js';
 import { CubeFSClient } from '../../src/sdk/client.js';
 import { tempDir } from '../support/cluster.js';
 
@@ -49,6 +50,19 @@ t.test('cubefs-mount cluster starts, serves, and stops on SIGTERM', async (t) =>
   const layout = JSON.parse(fs.readFileSync(path.join(dir, 'cluster.json'), 'utf8'));
   t.equal(layout.datanodes.length, 3, 'three datanodes');
 
+  const secretFile = path.join(dir, 'secret');
+  t.match(info.secret, `${secretFile} (the admin API wants it`, 'says where the admin secret is');
+  t.equal(fs.statSync(secretFile).mode & 0o777, 0o600, 'the secret file is 0600');
+  const secret = fs.readFileSync(secretFile, 'utf8').trim();
+  const anon = new MasterClient(info.master!);
+  const admin = new MasterClient(info.master!, { adminSecret: secret });
+  t.teardown(() => { anon.close(); admin.close(); });
+  t.equal((await admin.getVolumeAdmin('demo')).Owner, 'alice', 'the CLI created its volume with the secret; getVol with it shows the owner');
+  t.equal((await anon.getVolumeAdmin('demo')).Owner, '', 'and hides it without');
+  await t.rejects(anon.createVolume('more', 'bob'), /needs the cluster's admin secret/, 'createVol without the secret is refused');
+  await admin.createVolume('more', 'bob', { capacityGB: 1, dataPartitions: 1 });
+  t.pass('createVol with the secret works');
+
   const client = await CubeFSClient.connect({ masters: info.master!, vol: 'demo', owner: 'alice' });
   await client.writeFile('/hello.txt', 'hello from the cli test\n');
   t.equal((await client.readFile('/hello.txt')).toString(), 'hello from the cli test\n', 'a client reads back what it wrote');
@@ -70,4 +84,17 @@ t.test('cubefs-mount cluster explains a bad port', async (t) => {
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   t.not(code, 0, 'fails');
   t.match(err, /master-port/, 'names the option');
+});
+
+t.test('cubefs-mount cluster refuses a volume it cannot create before it starts anything', async (t) => {
+  const dir = tempDir(t);
+  for (const [args, why] of [[['--owner', 'not an owner'], /owner not legal/], [['--capacity', '1.5'], /whole number of GB/]] as const) {
+    const child = spawn(BIN, ['cluster', '--dir', dir, '--master-port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    const code = await new Promise<number | null>((r) => child.once('exit', r));
+    t.equal(code, 1, `${args.join(' ')}: exit 1`);
+    t.match(err.split('\n')[0], why, `${args.join(' ')}: says why on its first line`);
+  }
+  t.notOk(fs.existsSync(path.join(dir, 'cluster.json')), 'no layout written: a good start later creates the volume');
 });

@@ -11,13 +11,13 @@ import { tempDir } from '../support/cluster.js';
 const quiet = (): void => {};
 
 t.test('-o: our keys, FUSE options passed through, mount(8) options dropped', async (t) => {
-  const o = parseOptions(['master=10.0.0.1:17010;10.0.0.2:17010,vol=v,owner=o', 'ro,noatime,nosuid,defaults,_netdev,nofail,noauto,user,rw,comment=x,x-systemd.automount,attrValid=3,lookupValid=-1,fsyncOnClose,allow_other'], quiet);
+  const o = parseOptions(['master=10.0.0.1:17010;10.0.0.2:17010,vol=v,owner=o', 'ro,noatime,nosuid,defaults,_netdev,nofail,noauto,user,rw,comment=x,x-systemd.automount,attrValid=3,lookupValid=0,fsyncOnClose,allow_other'], quiet);
   t.same(o.masters, ['10.0.0.1:17010', '10.0.0.2:17010'], 'several masters separated by ;');
   t.equal(o.vol, 'v');
   t.equal(o.owner, 'o', 'owner=NAME is the volume owner');
   t.equal(o.readOnly, true, 'ro');
   t.equal(o.attrValid, 3, 'attrValid in seconds');
-  t.equal(o.lookupValid, undefined, 'a negative value means the default, as upstream');
+  t.equal(o.lookupValid, 0, '0 seconds: no kernel cache');
   t.equal(o.fsyncOnClose, true, 'bare fsyncOnClose is true');
   t.same(o.fuseOptions, ['noatime', 'nosuid'], 'FUSE options pass, mount(8)-only and implied ones do not');
   t.equal(parseOptions(['owner'], quiet).owner, undefined, 'a bare "owner" is mount(8)\'s, not ours');
@@ -34,6 +34,8 @@ t.test('-o: our keys, FUSE options passed through, mount(8) options dropped', as
   t.match(warned[0], /frobnicate: unknown mount option.*ignored/, 'sloppy (mount -s): a warning');
   t.throws(() => parseOptions(['master=nohost'], quiet), /not HOST:PORT/, 'a bad master address');
   t.throws(() => parseOptions(['attrValid=soon'], quiet), /not a number of seconds/, 'a bad duration');
+  t.throws(() => parseOptions(['attrValid=-5'], quiet), { message: '-o attrValid=-5: -5 is negative; give 0 or more seconds (0: no kernel cache; leave it out for the default)', exitCode: 2 }, 'a negative attrValid is refused');
+  t.throws(() => parseOptions(['lookupValid=-1'], quiet), /-o lookupValid=-1: -1 is negative/, 'and lookupValid');
   t.throws(() => parseOptions(['subdir=/a'], quiet), /sub-directory/, 'subdir is refused');
 });
 
@@ -59,6 +61,10 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   t.match(warned.join('\n'), /enableXattr: extended attributes are always enabled/);
   t.match(warned.join('\n'), /icacheTimeout: not implemented by this client/);
   t.match(warned.join('\n'), /zzz: unknown key/);
+  fs.writeFileSync(f, JSON.stringify({ attrValid: -5 }));
+  t.throws(() => readConfigFile(f, quiet), { message: `config ${f}: attrValid: -5 is negative; give 0 or more seconds (0: no kernel cache; leave it out for the default)` }, 'a negative attrValid in fuse.json is refused');
+  fs.writeFileSync(f, JSON.stringify({ lookupValid: '-1' }));
+  t.throws(() => readConfigFile(f, quiet), /lookupValid: -1 is negative/, 'and lookupValid, as a string too');
   fs.writeFileSync(f, '{ not json');
   t.throws(() => readConfigFile(f, quiet), /not valid JSON/, 'bad JSON is a clear error');
   t.throws(() => readConfigFile(path.join(dir, 'absent.json'), quiet), /no such file/, 'so is a missing file');

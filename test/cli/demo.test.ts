@@ -34,6 +34,9 @@ t.test('demo starts the cluster and mounts; again is a no-op; a dead cluster res
   const pid1 = clusterPid();
   t.ok(alive(pid1), 'the cluster daemon runs, its pid kept in DIR/cluster.pid');
   t.ok(fs.existsSync(path.join(data, 'cluster.log')), 'its log is in DIR');
+  t.equal(fs.statSync(path.join(data, 'secret')).mode & 0o777, 0o600, 'and its admin secret, 0600');
+  t.match(first.stdout, `admin secret: ${path.join(data, 'secret')}`, 'which it names');
+  const secret = fs.readFileSync(path.join(data, 'secret'), 'utf8');
   fs.writeFileSync(path.join(mnt, 'demo.txt'), 'demo data\n');
 
   const second = await cli(args);
@@ -55,6 +58,7 @@ t.test('demo starts the cluster and mounts; again is a no-op; a dead cluster res
   t.equal(fourth.code, 0, `stale pid file: exits 0 (${fourth.stderr.trim()})`);
   t.match(fourth.stdout, 'started the embedded cluster', 'restarts the cluster');
   t.not(clusterPid(), pid1, 'a new daemon');
+  t.equal(fs.readFileSync(path.join(data, 'secret'), 'utf8'), secret, 'with the same secret');
   t.equal(fs.readFileSync(path.join(mnt, 'demo.txt'), 'utf8'), 'demo data\n', 'the data survived, readable through the mount');
 
   const pid2 = clusterPid();

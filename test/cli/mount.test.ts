@@ -12,7 +12,7 @@ import { EmbeddedCluster } from '../../src/cluster/launcher.js';
 import { mountedAt } from '../../src/fuse/session.js';
 import { CubeFSClient } from '../../src/sdk/client.js';
 import { tempDir } from '../support/cluster.js';
-import { alive, cli, pidOf, ROOT, run, scratch, start, until } from './helpers.js';
+import { alive, BIN, cli, pidOf, ROOT, run, scratch, start, until } from './helpers.js';
 
 const cluster = await EmbeddedCluster.start({ dir: tempDir(t), masterPort: 0, vol: 'clivol', owner: 'cliowner' });
 t.teardown(() => cluster.stop());
@@ -189,6 +189,7 @@ t.test('failures: non-zero exit and a clear one-line message', async (t) => {
     ['mountpoint not a directory', [path.join(dir, 'file'), '--master', MASTER, '--vol', VOL, '--owner', OWNER], /mountpoint .*file is not a directory/],
     ['owner missing', [mnt, '--master', MASTER, '--vol', VOL], /missing --owner/],
     ['bad master address', [mnt, '--master', 'nowhere', '--vol', VOL, '--owner', OWNER], /"nowhere" is not HOST:PORT/],
+    ['negative attrValid', [mnt, '--master', MASTER, '--vol', VOL, '--owner', OWNER, '-o', 'attrValid=-5'], /-o attrValid=-5: -5 is negative; give 0 or more seconds/],
   ];
   fs.writeFileSync(path.join(dir, 'file'), 'x');
   for (const [what, args, msg] of cases) {
@@ -205,6 +206,17 @@ t.test('failures: non-zero exit and a clear one-line message', async (t) => {
   t.match(busy.stderr, /is busy: already a mount \(fuse\.cubefs\)/, 'mountpoint busy: says why');
   t.ok(oneLine(busy.stderr), 'mountpoint busy: in one line');
   t.equal((await cli(['umount', mnt])).code, 0, 'unmounted');
+});
+
+t.test('a /dev/fuse that is not the FUSE device: one line saying so, not "Input/output error"', async (t) => {
+  const { mnt, logDir } = scratch(t);
+  // A private mount namespace: this machine's /dev/fuse stays as it is.
+  const r = await run('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount --bind /dev/null /dev/fuse && exec "$0" "$@"',
+    BIN, mnt, '--master', MASTER, '--vol', VOL, '--owner', OWNER, '--log-dir', logDir]);
+  t.equal(r.code, 1, 'exit 1');
+  t.equal(r.stderr.trim(), 'cubefs-mount: /dev/fuse is not the FUSE device (it is character device 1,3; FUSE\'s is character device 10,229): '
+    + 'see what is mounted over it (findmnt /dev/fuse) or recreate it (mknod -m 666 /dev/fuse c 10 229)');
+  t.equal(mountedAt(mnt), null, 'nothing mounted');
 });
 
 t.test('--help is something a person can follow', async (t) => {

@@ -4,7 +4,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
-import { FuseSession, mountedAt } from '../../src/fuse/session.js';
+import { devNumbers, FuseSession, mountedAt } from '../../src/fuse/session.js';
 import { NullFs } from '../../src/fuse/nullfs.js';
 import { FuseError, errno, type FuseOps } from '../../src/fuse/types.js';
 import { scratchMount, until } from '../support/wait.js';
@@ -134,6 +134,33 @@ t.test('clear errors: missing mountpoint, a file, an existing mount', async (t) 
   await t.rejects(FuseSession.mount(sub, ops, { options: ['no_such_option'], handleSignals: false }), { name: 'FuseError', errno: errno.EINVAL, message: /unknown option|no_such_option/ },
     'a native failure is a JS error with errno');
   t.equal(mountedAt(sub), null);
+});
+
+t.test('a /dev/fuse that is not the FUSE device is said so before mounting (in a private mount namespace)', async (t) => {
+  t.same(devNumbers(fs.statSync('/dev/fuse').rdev), { major: 10, minor: 229 }, 'the real one is 10,229');
+  t.same(devNumbers(fs.statSync('/dev/null').rdev), { major: 1, minor: 3 });
+  // glibc's makedev for numbers that use the high bits
+  const makedev = (ma: bigint, mi: bigint): number => Number(((ma & 0xfffn) << 8n) | ((ma & ~0xfffn) << 32n) | (mi & 0xffn) | ((mi & ~0xffn) << 12n));
+  t.same(devNumbers(makedev(4095n, 255n)), { major: 4095, minor: 255 });
+  t.same(devNumbers(makedev(259n, 1048577n)), { major: 259, minor: 1048577 });
+
+  const { mnt } = scratchMount(t);
+  const session = new URL('../../src/fuse/session.js', import.meta.url).pathname;
+  const nullfs = new URL('../../src/fuse/nullfs.js', import.meta.url).pathname;
+  const script = `const { FuseSession } = await import(${JSON.stringify(session)});
+    const { NullFs } = await import(${JSON.stringify(nullfs)});
+    try { await FuseSession.mount(${JSON.stringify(mnt)}, new NullFs().ops, { handleSignals: false }); console.log('mounted'); }
+    catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`;
+  const { stdout } = await run('unshare', ['-m', '--propagation', 'private', 'sh', '-c',
+    'mount --bind /dev/null /dev/fuse && exec "$0" --input-type=module -e "$1"', process.execPath, script],
+  { env: { ...process.env, NODE_OPTIONS: '' } });
+  t.same(JSON.parse(stdout), {
+    code: 'ENODEV',
+    message: '/dev/fuse is not the FUSE device (it is character device 1,3; FUSE\'s is character device 10,229): '
+      + 'see what is mounted over it (findmnt /dev/fuse) or recreate it (mknod -m 666 /dev/fuse c 10 229)',
+  });
+  t.same(devNumbers(fs.statSync('/dev/fuse').rdev), { major: 10, minor: 229 }, 'this namespace\'s /dev/fuse is untouched');
+  t.equal(mountedAt(mnt), null);
 });
 
 t.test('handler failures are answered, never hang: throw, reject and no reply give EIO; a second reply is dropped', async (t) => {

@@ -32,8 +32,9 @@ t.test('master with the real metanode and datanodes', async (t) => {
   const metaAddr = await meta.start();
   const dataAddrs: string[] = [];
   for (const d of datas) dataAddrs.push(await d.start());
-  master = new Master({ dir: `${dir}/master`, metanodes: [metaAddr], datanodes: dataAddrs, heartbeatMs: 100 });
-  client = new MasterClient(await master.start());
+  const secret = 'cluster-test-secret-0123456789abcdef';
+  master = new Master({ dir: `${dir}/master`, metanodes: [metaAddr], datanodes: dataAddrs, heartbeatMs: 100, secret });
+  client = new MasterClient(await master.start(), { adminSecret: secret });
 
   await client.createVolume('vol1', 'alice', { capacityGB: 1 });
   t.equal(datas.every((d) => d.stats.partitions === 4), true, 'each datanode hosts the 4 data partitions');

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import http from 'node:http';
 import net from 'node:net';
-import { Master } from '../../src/cluster/master.js';
+import { Master, MAX_VOLUMES } from '../../src/cluster/master.js';
 import { MasterClient, authKeyOf } from '../../src/master/client.js';
 import { Volume } from '../../src/master/volume.js';
 import { Op } from '../../src/proto/index.js';
@@ -17,6 +17,9 @@ type TT = Parameters<Parameters<typeof t.test>[0]>[0];
 
 const GOLDEN = goldenUrl();
 const goldenData = (f: string): unknown => (JSON.parse(fs.readFileSync(new URL(f, GOLDEN), 'utf8')) as { data: unknown }).data;
+
+/** The admin secret every test master here is started with. */
+const SECRET = 'test-secret-0123456789abcdef0123456789abcdef';
 
 interface Cluster {
   dir: string;
@@ -42,9 +45,9 @@ async function cluster(t: TT, heartbeatMs = 100): Promise<Cluster> {
   });
   await meta.start();
   for (const d of datas) await d.start();
-  master = new Master({ dir, metanodes: [meta.addr], datanodes: datas.map((d) => d.addr), heartbeatMs });
+  master = new Master({ dir, metanodes: [meta.addr], datanodes: datas.map((d) => d.addr), heartbeatMs, secret: SECRET });
   const addr = await master.start();
-  client = new MasterClient(addr, { timeoutMs: 5000 });
+  client = new MasterClient(addr, { timeoutMs: 5000, adminSecret: SECRET });
   return { dir, meta, datas, master, addr, client };
 }
 
@@ -57,9 +60,9 @@ async function deadAddr(): Promise<string> {
   return `127.0.0.1:${port}`;
 }
 
-function rawGet(addr: string, path: string): Promise<{ status: number; body: string }> {
+function rawGet(addr: string, path: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    http.get(`http://${addr}${path}`, (res) => {
+    http.get(`http://${addr}${path}`, { headers }, (res) => {
       let b = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (b += c));
@@ -121,17 +124,18 @@ t.test('createVolume sends the admin ops and getVolume returns upstream shapes',
   const raw = await rawGet(c.addr, '/client/metaPartitions?name=vol1');
   t.match(raw.body, /"End":9223372036854775807[,}]/, 'End is written as exact digits');
 
-  const admin = await c.client.getVolumeAdmin('vol1');
-  t.equal(admin.EnableTransactionV1, 'rename');
-  t.equal(admin.Capacity, 5);
+  const adminView = await c.client.getVolumeAdmin('vol1');
+  t.equal(adminView.EnableTransactionV1, 'rename');
+  t.equal(adminView.Capacity, 5);
 
   const ip = await c.client.getClusterIp();
   t.equal(ip.Cluster, 'cfs_local');
   t.equal(ip.Ip, '127.0.0.1');
 
-  const dup = await rawGet(c.addr, '/admin/createVol?name=vol1&owner=alice&capacity=1');
+  const admin = { 'X-CubeFS-Secret': SECRET };
+  const dup = await rawGet(c.addr, '/admin/createVol?name=vol1&owner=alice&capacity=1', admin);
   t.same(JSON.parse(dup.body), { code: 12, msg: 'duplicate vol', data: null });
-  const created = await rawGet(c.addr, '/admin/createVol?name=vol2&owner=bob&capacity=1&replicaNum=2');
+  const created = await rawGet(c.addr, '/admin/createVol?name=vol2&owner=bob&capacity=1&replicaNum=2', admin);
   t.same(JSON.parse(created.body), { code: 0, msg: 'success', data: 'create vol[vol2] successfully, has allocate [4] data partitions' });
   const dp2 = await c.client.getDataPartitions('vol2');
   t.ok(dp2.DataPartitions.every((d) => d.Hosts.length === 2 && d.ReplicaNum === 2), 'replicaNum 2 honoured');
@@ -247,7 +251,7 @@ t.test('restart keeps volumes', async (t) => {
   await c.master.stop();
   await c.master.stop();
   t.ok(fs.existsSync(`${c.dir}/master.json`), 'state file written');
-  const again = new Master({ dir: c.dir, metanodes: [c.meta.addr], datanodes: c.datas.map((d) => d.addr), heartbeatMs: 100 });
+  const again = new Master({ dir: c.dir, metanodes: [c.meta.addr], datanodes: c.datas.map((d) => d.addr), heartbeatMs: 100, secret: SECRET });
   const addr = await again.start();
   t.teardown(() => again.stop());
   const client = new MasterClient(addr);
@@ -343,4 +347,61 @@ t.test('a master without /admin/getVol means no transactions', async (t) => {
   t.teardown(() => vol.close());
   t.equal(vol.txRename, false);
   t.equal(vol.metaPartitions().length, 3);
+});
+
+t.test('admin secret: createVol refused without it, getVol hides Owner without it', async (t) => {
+  const c = await cluster(t);
+  const path = '/admin/createVol?name=open1&owner=eve&capacity=1';
+  const none = await rawGet(c.addr, path);
+  t.equal(none.status, 200, "upstream's envelope: HTTP 200");
+  const refused = JSON.parse(none.body) as { code: number; msg: string; data: unknown };
+  t.equal(refused.code, 57, 'code 57 (no permission)');
+  t.match(refused.msg, /createVol needs the cluster secret \(header X-CubeFS-Secret/, 'says what is missing and where it goes');
+  t.equal(refused.data, null);
+  const wrong = JSON.parse((await rawGet(c.addr, path, { 'X-CubeFS-Secret': 'guess' })).body) as { code: number; msg: string };
+  t.same([wrong.code, wrong.msg], [57, 'no permission: wrong cluster secret'], 'a wrong secret is refused');
+  t.same(c.meta.received.filter((r) => r.op === Op.CreateMetaPartition), [], 'nothing reached the metanode');
+  t.same(c.datas.flatMap((d) => d.received.filter((r) => r.op === Op.CreateDataPartition)), [], 'nor a datanode');
+  t.equal(JSON.parse((await rawGet(c.addr, `${path}&secret=${encodeURIComponent(SECRET)}`)).body).code, 57, 'the secret in the query does not count');
+
+  const anon = new MasterClient(c.addr, { timeoutMs: 5000 });
+  t.teardown(() => anon.close());
+  const e = await rejectsWith(t, anon.createVolume('open2', 'eve'), ErrorCode.MasterError);
+  t.equal(e.errno, os.constants.errno.EACCES);
+  t.match(e.message, /needs the cluster's admin secret/);
+  const liar = new MasterClient(c.addr, { timeoutMs: 5000, adminSecret: 'x'.repeat(64) });
+  t.teardown(() => liar.close());
+  t.match((await rejectsWith(t, liar.createVolume('open2', 'eve'), ErrorCode.MasterError)).message, /not this cluster's/);
+
+  await c.client.createVolume('open1', 'eve', { capacityGB: 1 });
+  t.pass('with the secret createVol works');
+  t.equal((await c.client.getVolumeAdmin('open1')).Owner, 'eve', 'getVol with the secret shows the owner');
+  const hidden = await anon.getVolumeAdmin('open1');
+  t.equal(hidden.Owner, '', 'getVol without the secret: Owner is empty');
+  t.equal(hidden.EnableTransactionV1, 'rename', 'and the rest is there (the client reads EnableTransactionV1)');
+  await rejectsWith(t, liar.getVolumeAdmin('open1'), ErrorCode.MasterError);
+  const vol = await Volume.open(anon, 'open1', 'eve', { refreshMs: 0 });
+  t.teardown(() => vol.close());
+  t.equal(vol.txRename, true, 'a client without the secret opens the volume, transactions and all');
+  t.equal((await anon.getClusterIp()).Cluster, 'cfs_local', 'getIp stays open');
+  t.ok(await anon.get('/admin/getCluster'), 'getCluster stays open');
+  t.equal((await anon.getVolume('open1', 'eve')).Name, 'open1', '/client/vol stays open (it checks the owner)');
+});
+
+t.test('createVol is bounded: names, owners, capacity, partitions, volumes', async (t) => {
+  const c = await cluster(t);
+  const msgOf = async (p: Promise<unknown>): Promise<string> => (await rejectsWith(t, p, ErrorCode.MasterError)).message;
+  t.match(await msgOf(c.client.createVolume('x', 'alice')), /name not legal/, 'a one-letter name');
+  t.match(await msgOf(c.client.createVolume('a'.repeat(64), 'alice')), /name not legal/, 'a 64-letter name');
+  t.match(await msgOf(c.client.createVolume('../etc', 'alice')), /name not legal/, 'a path');
+  t.match(await msgOf(c.client.createVolume('v1', 'a b')), /owner not legal/, 'an owner with a space');
+  t.match(await msgOf(c.client.createVolume('v1', 'o'.repeat(22))), /owner not legal/, 'a 22-letter owner');
+  t.match(await msgOf(c.client.createVolume('v1', 'alice', { capacityGB: 0 })), /bad capacity 0/);
+  t.match(await msgOf(c.client.createVolume('v1', 'alice', { capacityGB: 1.5 })), /whole GB/);
+  t.match(await msgOf(c.client.createVolume('v1', 'alice', { capacityGB: 2 * 1024 * 1024 })), /bad capacity/);
+  t.match(await msgOf(c.client.createVolume('v1', 'alice', { dataPartitions: 65 })), /partition count 65 \(1\.\.64\)/);
+  t.match(await msgOf(c.client.createVolume('v1', 'alice', { dataPartitions: 0 })), /partition count 0/);
+  t.same(c.meta.received.filter((r) => r.op === Op.CreateMetaPartition), [], 'nothing was created for a refused request');
+  for (let i = 0; i < MAX_VOLUMES; i++) await c.master.createVolume(`v${i}`, 'alice', { dataPartitions: 1 });
+  t.match(await msgOf(c.client.createVolume('onemore', 'alice', { dataPartitions: 1 })), /at most 64 volumes/, 'the 65th volume is refused');
 });
