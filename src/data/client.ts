@@ -13,6 +13,7 @@ import { Router } from './route.js';
 import { FileStream, type ExtentMetaOps, type StreamHost } from './stream.js';
 import { log } from './partitions.js';
 import { warn } from '../util/log.js';
+import { settledWithin } from '../util/settle.js';
 
 export interface DataClientOptions {
   source: DataPartitionSource;
@@ -121,13 +122,29 @@ export class DataClient implements StreamHost {
     if (this.streams.get(s.ino) === s) this.streams.delete(s.ino);
   }
 
-  async close(): Promise<void> {
+  /**
+   * Flush every open stream (all at once), then close the connections. `waitMs` bounds the wait (default:
+   * each flush's own retry budget): what is not recorded by then is said, by inode, and lost.
+   */
+  async close(opts: { waitMs?: number } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([...this.streams.values()].map(async (s) => {
-      await s.flush().catch((e: Error) => warn('data', `close: inode ${s.ino}: its latest writes could not be recorded (${e.message})`));
+    const streams = [...this.streams.values()];
+    const unrecorded = new Set(streams.map((s) => s.ino));
+    const flushes = streams.map(async (s) => {
+      try {
+        await s.flush();
+        unrecorded.delete(s.ino);
+      } catch (e) {
+        warn('data', `close: inode ${s.ino}: its latest writes could not be recorded (${(e as Error).message})`);
+      }
       s.shutdown();
-    }));
+    });
+    if (opts.waitMs === undefined) await Promise.all(flushes);
+    else if (!(await settledWithin(flushes, opts.waitMs)) && unrecorded.size > 0) {
+      warn('data', `close: gave up after ${opts.waitMs / 1000} s: writes since the last fsync to inodes ${[...unrecorded].join(', ')} are lost`);
+      for (const s of streams) s.shutdown();
+    }
     this.core.conns.close();
     this.core.rdma?.close();
   }

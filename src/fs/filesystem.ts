@@ -18,6 +18,7 @@ import { goModeToPosix, isGoDir, posixToGoMode, fromRfc3339, S_IFMT, S_IFDIR, S_
 import { CubeFSError, ErrorCode, errnoOf } from '../util/errors.js';
 import { Result } from '../proto/result.js';
 import { logger, warn } from '../util/log.js';
+import { settledWithin } from '../util/settle.js';
 import {
   SetattrValid,
   type AccessArgs, type Attr, type AttrReply, type CopyFileRangeArgs, type CreateArgs, type CreateReply, type DirPlusReply,
@@ -50,17 +51,6 @@ const O_DIRECT = 0o40000;
 const NAME_MAX = 255;
 /** How long an unmount waits for open files' last writes to be recorded (see shutdown). */
 const UNMOUNT_WAIT_MS = 15_000;
-
-/** Whether every promise settled within `ms` (they go on regardless). */
-async function settledWithin(ps: Promise<unknown>[], ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => { timer = setTimeout(() => resolve(false), ms); });
-  try {
-    return await Promise.race([Promise.allSettled(ps).then(() => true as const), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function tooLong(name: string): boolean {
   return name.length > NAME_MAX / 4 && Buffer.byteLength(name) > NAME_MAX;

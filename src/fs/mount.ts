@@ -131,7 +131,8 @@ export async function mountVolume(cfg: MountConfig): Promise<Mount> {
     session.once('unmounted', () => {
       void fs.shutdown()
         .catch((e: Error) => log('shutdown: %s', e.message))
-        .then(() => client.close())
+        // shutdown already waited (a bounded time) for the open files: what is left is not waited for again.
+        .then(() => client.close({ waitMs: 1000 }))
         .then(() => {
           if (pool) finalStats = pool.stats();
           pool?.close();

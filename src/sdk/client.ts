@@ -170,10 +170,11 @@ export class CubeFSClient {
     }
   }
 
-  async close(): Promise<void> {
+  /** Flushes what is open (see DataClient.close: `waitMs` bounds it), then closes everything. */
+  async close(opts: { waitMs?: number } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.data.close();
+    await this.data.close(opts);
     this.meta.close();
     this.volume.close();
     this.pool.close();

@@ -37,6 +37,9 @@ t.test('-o: our keys, FUSE options passed through, mount(8) options dropped', as
   t.throws(() => parseOptions(['attrValid=-5'], quiet), { message: '-o attrValid=-5: -5 is negative; give 0 or more seconds (0: no kernel cache; leave it out for the default)', exitCode: 2 }, 'a negative attrValid is refused');
   t.throws(() => parseOptions(['lookupValid=-1'], quiet), /-o lookupValid=-1: -1 is negative/, 'and lookupValid');
   t.throws(() => parseOptions(['subdir=/a'], quiet), /sub-directory/, 'subdir is refused');
+  t.equal(parseOptions(['flushInterval=2.5'], quiet).flushInterval, 2.5, 'flushInterval: seconds between recordings of a written file\'s extents');
+  t.equal(parseOptions(['flushInterval=0'], quiet).flushInterval, 0, 'flushInterval=0: only at fsync and close');
+  t.throws(() => parseOptions(['flushInterval=-1'], quiet), /not a number of seconds \(0\.\.3600/, 'a negative flushInterval is refused');
 });
 
 t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the rest', async (t) => {
@@ -45,7 +48,7 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   fs.writeFileSync(f, JSON.stringify({
     masterAddr: 'a:1,b:2', mountPoint: '/mnt/x', volName: 'v', owner: 'o', logDir: '/tmp/l', logLevel: 'INFO',
     attrValid: '30', lookupValid: 30, rdonly: 'true', fsyncOnClose: false, writecache: 'false', enableXattr: 'false', icacheTimeout: '5', zzz: 1,
-    followerRead: 'true', nearRead: false,
+    followerRead: 'true', nearRead: false, flushInterval: 10,
   }));
   const warned: string[] = [];
   const c = readConfigFile(f, (m) => warned.push(m));
@@ -57,6 +60,7 @@ t.test('fuse.json: upstream keys, string numbers and booleans, warnings for the 
   t.equal(c.writecache, false, 'upstream\'s writecache key: the FUSE writeback cache');
   t.equal(c.logLevel, 'info', 'log level, any case');
   t.match(c, { followerRead: true, nearRead: false }, 'followerRead and nearRead, as upstream\'s keys');
+  t.equal(c.flushInterval, 10, 'flushInterval (ours)');
   t.equal(warned.length, 3, 'three warnings');
   t.match(warned.join('\n'), /enableXattr: extended attributes are always enabled/);
   t.match(warned.join('\n'), /icacheTimeout: not implemented by this client/);
@@ -74,7 +78,7 @@ t.test('precedence: the file, then -o, then flags; the child argv round-trips', 
   const dir = tempDir(t);
   const f = path.join(dir, 'fuse.json');
   fs.writeFileSync(f, JSON.stringify({ masterAddr: 'file:1', mountPoint: '/mnt/file', volName: 'filevol', owner: 'fileowner', attrValid: 9 }));
-  const s = resolveSettings({ config: f, options: ['vol=optvol,attrValid=4,noatime,writeBehind=false,followerRead'], owner: 'flagowner', mountpoint: '/mnt/flag' }, quiet);
+  const s = resolveSettings({ config: f, options: ['vol=optvol,attrValid=4,noatime,writeBehind=false,followerRead,flushInterval=3'], owner: 'flagowner', mountpoint: '/mnt/flag' }, quiet);
   t.equal(s.mountpoint, '/mnt/flag', 'the positional mountpoint wins');
   t.equal(s.vol, 'optvol', '-o beats the file');
   t.equal(s.owner, 'flagowner', 'a flag beats the file');
@@ -82,6 +86,7 @@ t.test('precedence: the file, then -o, then flags; the child argv round-trips', 
   t.equal(s.attrValid, 4);
   t.equal(s.writeBehind, false, 'writeBehind=false');
   t.equal(s.followerRead, true, 'followerRead');
+  t.equal(s.flushInterval, 3, 'flushInterval');
   t.equal(s.logDir, '/var/log/cubefs-mount', 'default log dir');
 
   const argv = settingsToArgv(s);
