@@ -216,7 +216,6 @@ export class MetaNode {
       case Op.MetaSetXAttr: {
         const r = this.edit(p, num(b, 'ino'), fx);
         r.xattrs[str(b, 'key')] = str(b, 'val', '');
-        r.ct = now();
         fx.push({ k: 'I', p: p.id, v: r });
         return undefined;
       }
@@ -234,7 +233,6 @@ export class MetaNode {
         if (key in this.inode(p, num(b, 'ino')).xattrs) {
           const r = this.edit(p, num(b, 'ino'), fx);
           delete r.xattrs[key];
-          r.ct = now();
           fx.push({ k: 'I', p: p.id, v: r });
         }
         return undefined;
@@ -345,8 +343,9 @@ export class MetaNode {
       r.nlink = r.nlink - 1 < 2 ? 0 : r.nlink - 1;
     } else if (r.nlink > 0) {
       r.nlink--;
+      // Upstream: a file whose last link goes joins the free list, its atime the delay-delete clock.
+      if (r.nlink === 0) r.at = now();
     }
-    r.ct = now();
     fx.push({ k: 'I', p: p.id, v: r });
     if (uid !== 0) fx.push({ k: 'U', p: p.id, id: uid });
     return { info: inodeInfo(r) };
@@ -389,7 +388,6 @@ export class MetaNode {
     if (uid !== 0 && p.seenUniq.has(uid)) return { info: inodeInfo(r) };
     if (r.nlink === 0) throw new Reject(Result.NotExist, `inode ${r.ino} is unlinked`);
     r.nlink++;
-    r.ct = now();
     fx.push({ k: 'I', p: p.id, v: r });
     if (uid !== 0) fx.push({ k: 'U', p: p.id, id: uid });
     return { info: inodeInfo(r) };
@@ -398,12 +396,12 @@ export class MetaNode {
   private setattr(p: MetaPartition, b: Body, fx: Changes): void {
     const r = this.edit(p, num(b, 'ino'), fx);
     const valid = num(b, 'valid', 0);
-    if (valid & 1) r.mode = r.mode - permBits(r.mode) + permBits(num(b, 'mode'));
+    // Upstream's Inode.SetAttr: the mode word is replaced whole (type bits too); no time but the given ones.
+    if (valid & 1) r.mode = num(b, 'mode');
     if (valid & 2) r.uid = num(b, 'uid');
     if (valid & 4) r.gid = num(b, 'gid');
-    if (valid & 8) r.mt = num(b, 'mt');
-    if (valid & 16) r.at = num(b, 'at');
-    r.ct = now();
+    if (valid & 8) r.mt = int(b, 'mt');
+    if (valid & 16) r.at = int(b, 'at');
     fx.push({ k: 'I', p: p.id, v: r });
   }
 
@@ -411,6 +409,8 @@ export class MetaNode {
     const r = this.edit(p, num(b, 'ino'), fx);
     if (!isGoRegular(r.mode)) throw new Reject(Result.ArgMismatch, `inode ${r.ino} is not a regular file`);
     const sz = num(b, 'sz');
+    // Upstream's size is a uint64; this metanode keeps JavaScript numbers, exact below 2^53.
+    if (!Number.isSafeInteger(sz)) throw new Reject(Result.ArgMismatch, `size ${sz} is not below 2^53`);
     // Upstream: no extent list yet (nothing ever recorded), so ExtentsTruncate leaves size and times alone.
     if (!hasExtentList(r)) return;
     const eks: ExtentKey[] = [];
@@ -423,7 +423,7 @@ export class MetaNode {
     r.eks = eks;
     r.sz = sz;
     r.gen++;
-    r.mt = r.ct = now();
+    r.mt = now();
     fx.push({ k: 'I', p: p.id, v: r });
   }
 
@@ -449,7 +449,7 @@ export class MetaNode {
     r.sz = Math.max(r.sz, ek.FileOffset + ek.Size);
     r.extentList = true;
     r.gen++;
-    r.mt = r.ct = now();
+    r.mt = now();
     fx.push({ k: 'I', p: p.id, v: r });
   }
 
@@ -488,16 +488,17 @@ export class MetaNode {
 
   private putDentry(p: MetaPartition, par: InodeRec, pino: number, name: string, ino: number, type: number, fx: Changes): void {
     par.nlink++;
-    par.mt = par.ct = now();
+    par.mt = now();
     fx.push({ k: 'D', p: p.id, pino, name, ino, type }, { k: 'I', p: p.id, v: par });
   }
 
-  private dropDentry(p: MetaPartition, pino: number, name: string, fx: Changes): void {
+  /** `touch`: the parent's mtime moves (DeleteDentry); a TxDeleteDentry leaves it, as upstream's. */
+  private dropDentry(p: MetaPartition, pino: number, name: string, fx: Changes, touch = true): void {
     fx.push({ k: 'd', p: p.id, pino, name });
     const par = fx.edit(p, pino);
     if (par) {
       if (par.nlink > 2) par.nlink--;
-      par.mt = par.ct = now();
+      if (touch) par.mt = now();
       fx.push({ k: 'I', p: p.id, v: par });
     }
   }
@@ -519,12 +520,8 @@ export class MetaNode {
     const have = p.dir(pino, false)?.get(name);
     if (!have) throw new Reject(Result.NotExist, `dentry ${pino}/${name} not found`);
     this.checkUnlocked(pino, name);
+    // Upstream's fsmUpdateDentry swaps the inode and leaves the parent alone.
     fx.push({ k: 'D', p: p.id, pino, name, ino, type: have.type });
-    const par = fx.edit(p, pino);
-    if (par) {
-      par.mt = par.ct = now();
-      fx.push({ k: 'I', p: p.id, v: par });
-    }
     return { ino: have.ino };
   }
 
@@ -615,14 +612,9 @@ export class MetaNode {
         const p = this.store.partitions.get(o.p);
         if (!p) continue;
         if (o.kind === 'delete') {
-          this.dropDentry(p, o.pino, o.name, fx);
+          this.dropDentry(p, o.pino, o.name, fx, false);
         } else if (o.kind === 'update') {
           fx.push({ k: 'D', p: p.id, pino: o.pino, name: o.name, ino: o.ino, type: o.type });
-          const par = fx.edit(p, o.pino);
-          if (par) {
-            par.mt = par.ct = now();
-            fx.push({ k: 'I', p: p.id, v: par });
-          }
         } else {
           const par = fx.edit(p, o.pino);
           if (!par) throw new Reject(Result.NotExist, `parent inode ${o.pino} vanished`);
@@ -669,6 +661,13 @@ function num(b: Body, key: string, dflt?: number): number {
   return v;
 }
 
+/** A signed integer field (upstream's int64 times: before 1970 is negative). */
+function int(b: Body, key: string): number {
+  const v = b[key];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw new Reject(Result.ArgMismatch, `"${key}" must be an integer`);
+  return v;
+}
+
 function str(b: Body, key: string, dflt?: string): string {
   const v = b[key];
   if (v === undefined || v === null) {
@@ -697,13 +696,6 @@ function touched(r: InodeRec): InodeRec {
   const t = now();
   if (t > r.at) r.at = t;
   return r;
-}
-
-/** Permission and setuid/setgid/sticky bits of a Go FileMode (the part chmod may change). */
-function permBits(m: number): number {
-  let x = m % 0o1000;
-  for (const bit of [GoMode.Setuid, GoMode.Setgid, GoMode.Sticky]) if (Math.floor(m / bit) % 2 === 1) x += bit;
-  return x;
 }
 
 function lockKey(pino: number, name: string): string {

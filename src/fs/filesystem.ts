@@ -14,11 +14,13 @@
 import { constants as osc } from 'node:os';
 import type { CubeFSClient } from '../sdk/client.js';
 import type { FileStream } from '../data/index.js';
-import { goModeToPosix, isGoDir, posixToGoMode, fromRfc3339, S_IFMT, S_IFDIR, S_IFLNK, S_IFREG, S_IFIFO, S_IFSOCK, type InodeInfo } from '../proto/index.js';
+import { goModeToPosix, isGoDir, posixToGoMode, fromRfc3339, S_IFMT, S_IFDIR, S_IFLNK, S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK, type InodeInfo } from '../proto/index.js';
+import { devNumbers, makeDev } from '../fuse/session.js';
 import { CubeFSError, ErrorCode, errnoOf } from '../util/errors.js';
 import { Result } from '../proto/result.js';
 import { logger, warn } from '../util/log.js';
 import { settledWithin } from '../util/settle.js';
+import { CTIME_XATTR, decodeCtime, encodeCtime, hasCtimeFlag, reportedCtime, withCtimeFlag, type CtimeRecord } from '../meta/ctime.js';
 import {
   SetattrValid,
   type AccessArgs, type Attr, type AttrReply, type CopyFileRangeArgs, type CreateArgs, type CreateReply, type DirPlusReply,
@@ -51,6 +53,24 @@ const O_DIRECT = 0o40000;
 const NAME_MAX = 255;
 /** How long an unmount waits for open files' last writes to be recorded (see shutdown). */
 const UNMOUNT_WAIT_MS = 15_000;
+
+/**
+ * Where a device node keeps its device number: CubeFS inodes have no rdev, but every inode can carry a
+ * target (CreateInode's Target, kept and returned for any type by upstream's metanode; upstream's client
+ * reads it for symlinks only). So a character or block device's inode is created with the target
+ * "MAJOR:MINOR" (ASCII, decimal): upstream's client lists it as a device of its type, with rdev 0.
+ */
+function deviceTarget(rdev: number): Buffer {
+  const { major, minor } = devNumbers(rdev);
+  return Buffer.from(`${major}:${minor}`);
+}
+
+/** st_rdev of a device inode from its target ("MAJOR:MINOR"); 0 when it has none (made by another client). */
+function deviceOf(tgt: string | null | undefined): number {
+  if (!tgt) return 0;
+  const m = /^(\d+):(\d+)$/.exec(Buffer.from(tgt, 'base64').toString('latin1'));
+  return m ? makeDev(Number(m[1]), Number(m[2])) : 0;
+}
 
 function tooLong(name: string): boolean {
   return name.length > NAME_MAX / 4 && Buffer.byteLength(name) > NAME_MAX;
@@ -115,6 +135,8 @@ export class CubeFileSystem implements FuseOps {
   private readonly files = new Map<number, FileHandle>();
   private readonly dirs = new Map<number, DirHandle>();
   private readonly cache = new Map<number, CachedInode>();
+  /** ctime records of flagged inodes (ctime.ts), kept as long as their inode is cached or known. */
+  private readonly ctimes = new Map<number, CtimeRecord>();
   /**
    * getxattr answers for attrValid seconds. The kernel asks for security.capability before every write
    * (to drop privileges), so without this each write would cost a metanode round trip.
@@ -142,8 +164,40 @@ export class CubeFileSystem implements FuseOps {
     const c = this.cache.get(ino);
     if (!fresh && c && c.expires > Date.now()) return c.info;
     const info = await this.meta.inodeGet(ino);
+    await this.learnCtimes([info]);
     this.remember(info);
     return info;
+  }
+
+  /** The ctime records of those of `infos` that carry the flag (one getxattr each, in parallel). */
+  private async learnCtimes(infos: InodeInfo[]): Promise<void> {
+    await Promise.all(infos.map(async (info) => {
+      if (!hasCtimeFlag(info.mode)) {
+        this.ctimes.delete(info.ino);
+        return;
+      }
+      const rec = decodeCtime(await this.meta.getXAttr(info.ino, CTIME_XATTR).catch(() => null));
+      if (rec) this.ctimes.set(info.ino, rec);
+      else this.ctimes.delete(info.ino);
+    }));
+  }
+
+  /**
+   * A change that moves ctime and not mtime (chmod, chown, utimes, link, unlink, rename, xattrs): recorded
+   * as ctime.ts describes. `mtime`: the inode's mtime after the change (default: as the metanode has it).
+   * Best effort: the change itself is done, so a failure here is said and not passed on.
+   */
+  private async touchCtime(ino: number, mtime?: number): Promise<void> {
+    try {
+      const cur = await this.meta.inodeGet(ino);
+      const rec: CtimeRecord = { c: Math.floor(Date.now() / 1000), m: mtime ?? fromRfc3339(cur.mt) };
+      await this.meta.setXAttr(ino, CTIME_XATTR, encodeCtime(rec));
+      if (!hasCtimeFlag(cur.mode)) await this.meta.setattr(ino, { mode: withCtimeFlag(cur.mode) });
+      this.ctimes.set(ino, rec);
+    } catch (e) {
+      log('ctime of inode %d not recorded: %s', ino, (e as Error).message);
+    }
+    this.forgetCached(ino);
   }
 
   private remember(info: InodeInfo): void {
@@ -160,18 +214,20 @@ export class CubeFileSystem implements FuseOps {
     const mode = goModeToPosix(info.mode);
     const isLink = (mode & S_IFMT) === S_IFLNK;
     const linkLen = isLink && info.tgt ? Buffer.from(info.tgt, 'base64').length : 0;
+    const isDevice = (mode & S_IFMT) === S_IFCHR || (mode & S_IFMT) === S_IFBLK;
     return {
       ino: info.ino,
       mode,
       nlink: info.nlink,
       uid: info.uid,
       gid: info.gid,
-      size: isLink ? linkLen : (mode & S_IFMT) === S_IFDIR ? BLOCK : size,
+      rdev: isDevice ? deviceOf(info.tgt) : 0,
+      size: isLink ? linkLen : (mode & S_IFMT) === S_IFDIR ? BLOCK : isDevice ? 0 : size,
       blocks: Math.ceil(size / 512),
       blksize: BLOCK,
       atimeMs: fromRfc3339(info.at) * 1000,
       mtimeMs: fromRfc3339(info.mt) * 1000,
-      ctimeMs: fromRfc3339(info.ct) * 1000,
+      ctimeMs: reportedCtime(fromRfc3339(info.ct), fromRfc3339(info.mt), this.ctimes.get(info.ino)) * 1000,
     };
   }
 
@@ -238,6 +294,7 @@ export class CubeFileSystem implements FuseOps {
     }
     this.lookups.delete(ino);
     this.forgetCached(ino);
+    this.ctimes.delete(ino);
     if (this.orphans.delete(ino)) {
       this.meta.evictInode(ino).catch((e: Error) => log('evict %d: %s', ino, e.message));
     }
@@ -267,18 +324,28 @@ export class CubeFileSystem implements FuseOps {
       const stream = this.client.data.peek(a.ino);
       // Record pending extent keys first: the metanode stamps mtime when it appends them, which must not
       // undo explicit times (tar and cp -p set them with futimens before close).
+      // Sizes are JavaScript numbers here: exact up to 2^53 - 1 (8 PiB), beyond that refused, not rounded.
+      if (v & SetattrValid.SIZE && !Number.isSafeInteger(a.size)) return req.err(E.EFBIG);
       if (stream && v & (SetattrValid.SIZE | SetattrValid.ATIME | SetattrValid.MTIME)) await stream.flush();
       if (v & SetattrValid.SIZE) await this.client.data.truncate(a.ino, a.size!);
       const attrs: { mode?: number; uid?: number; gid?: number; mtime?: number; atime?: number } = {};
-      if (v & SetattrValid.MODE) {
-        const cur = await this.inode(a.ino);
-        attrs.mode = posixToGoMode((goModeToPosix(cur.mode) & S_IFMT) | (a.mode! & 0o7777));
-      }
+      // Everything but a size change leaves mtime alone and moves ctime: recorded (ctime.ts) before the
+      // change, whose Setattr also carries the flag (a Setattr mode is the whole mode word, as upstream's).
+      // (No bit at all: chown(f, -1, -1), which moves ctime and nothing else.)
+      const movesCtime = v === 0 || (v & (SetattrValid.MODE | SetattrValid.UID | SetattrValid.GID | SetattrValid.ATIME | SetattrValid.MTIME | SetattrValid.CTIME)) !== 0;
+      const cur = v & SetattrValid.MODE || movesCtime ? await this.inode(a.ino, true) : null;
+      if (v & SetattrValid.MODE) attrs.mode = posixToGoMode((goModeToPosix(cur!.mode) & S_IFMT) | (a.mode! & 0o7777));
       if (v & SetattrValid.UID) attrs.uid = a.uid!;
       if (v & SetattrValid.GID) attrs.gid = a.gid!;
       const now = Math.floor(Date.now() / 1000);
       if (v & SetattrValid.ATIME) attrs.atime = v & SetattrValid.ATIME_NOW ? now : Math.floor(a.atime! / 1000);
       if (v & SetattrValid.MTIME) attrs.mtime = v & SetattrValid.MTIME_NOW ? now : Math.floor(a.mtime! / 1000);
+      if (movesCtime) {
+        const rec: CtimeRecord = { c: now, m: attrs.mtime ?? fromRfc3339(cur!.mt) };
+        await this.meta.setXAttr(a.ino, CTIME_XATTR, encodeCtime(rec));
+        if (attrs.mode !== undefined || !hasCtimeFlag(cur!.mode)) attrs.mode = withCtimeFlag(attrs.mode ?? cur!.mode);
+        this.ctimes.set(a.ino, rec);
+      }
       if (Object.keys(attrs).length > 0) await this.meta.setattr(a.ino, attrs);
       this.forgetCached(a.ino);
       req.attr(this.attrOf(await this.inode(a.ino, true)), this.attrValid);
@@ -316,9 +383,12 @@ export class CubeFileSystem implements FuseOps {
     if (this.ro(req)) return;
     if (tooLong(a.name)) return req.err(E.ENAMETOOLONG);
     const type = a.mode & S_IFMT;
-    if (type !== S_IFREG && type !== S_IFIFO && type !== S_IFSOCK) return req.err(E.EPERM); // no rdev in CubeFS inodes
+    if (type !== S_IFREG && type !== S_IFIFO && type !== S_IFSOCK && type !== S_IFCHR && type !== S_IFBLK) return req.err(E.EINVAL);
+    // The kernel let only CAP_MKNOD through for devices. The device number goes where the inode keeps a
+    // symlink's target (see deviceTarget).
+    const target = type === S_IFCHR || type === S_IFBLK ? deviceTarget(a.rdev) : undefined;
     try {
-      req.entry(this.entry(await this.make(req, a.parent, a.name, a.mode)));
+      req.entry(this.entry(await this.make(req, a.parent, a.name, a.mode, target)));
     } catch (e) {
       fail(req, e, `mknod ${a.parent}/${a.name}`);
     }
@@ -358,6 +428,7 @@ export class CubeFileSystem implements FuseOps {
       const after = await this.meta.unlink(a.parent, a.name, isDir);
       this.forgetCached(a.parent);
       this.unlinked(after);
+      if (after && after.nlink > 0 && !isGoDir(after.mode)) await this.touchCtime(after.ino); // one link fewer
       req.err(0);
     } catch (e) {
       fail(req, e, `${isDir ? 'rmdir' : 'unlink'} ${a.parent}/${a.name}`);
@@ -377,9 +448,11 @@ export class CubeFileSystem implements FuseOps {
         });
         if (exists) return req.err(E.EEXIST);
       }
-      const { overwritten } = await this.meta.rename(a.parent, a.name, a.newParent, a.newName);
-      this.forgetCached(a.parent, a.newParent);
+      const { ino, overwritten } = await this.meta.rename(a.parent, a.name, a.newParent, a.newName);
+      this.forgetCached(a.parent, a.newParent, ino);
       this.unlinked(overwritten);
+      await this.touchCtime(ino);
+      if (overwritten && overwritten.nlink > 0 && !isGoDir(overwritten.mode)) await this.touchCtime(overwritten.ino);
       req.err(0);
     } catch (e) {
       fail(req, e, `rename ${a.parent}/${a.name} -> ${a.newParent}/${a.newName}`);
@@ -390,10 +463,11 @@ export class CubeFileSystem implements FuseOps {
     if (this.ro(req)) return;
     if (tooLong(a.newName)) return req.err(E.ENAMETOOLONG);
     try {
-      const info = await this.meta.link(a.newParent, a.newName, a.ino);
+      await this.meta.link(a.newParent, a.newName, a.ino);
       this.forgetCached(a.newParent, a.ino);
       this.orphans.delete(a.ino);
-      req.entry(this.entry(info));
+      await this.touchCtime(a.ino);
+      req.entry(this.entry(await this.inode(a.ino, true)));
     } catch (e) {
       fail(req, e, `link ${a.ino} -> ${a.newParent}/${a.newName}`);
     }
@@ -418,10 +492,11 @@ export class CubeFileSystem implements FuseOps {
     const fh = this.addFile(a.ino, a.flags);
     const stream = this.files.get(fh)!.stream;
     try {
-      if (a.flags & O_TRUNC && (a.flags & O_ACCMODE) !== O_RDONLY) {
-        // libfuse 3 negotiates atomic_o_trunc: the kernel leaves O_TRUNC to open instead of sending a setattr.
-        await stream.truncate(0);
-        this.forgetCached(a.ino);
+      // libfuse 3 negotiates atomic_o_trunc: the kernel leaves O_TRUNC to open instead of sending a setattr
+      // (it has checked write permission, also for O_RDONLY|O_TRUNC, which Linux truncates too).
+      if (a.flags & O_TRUNC) {
+        if (this.readOnly) throw new CubeFSError(ErrorCode.Invalid, 'read-only mount', { errno: E.EROFS });
+        await this.truncateAtOpen(req, a.ino, stream);
       }
       await stream.load();
       req.open({ fh, keepCache: false });
@@ -431,6 +506,24 @@ export class CubeFileSystem implements FuseOps {
       await stream.release().catch(() => undefined);
       fail(req, e, `open ${a.ino}`);
     }
+  }
+
+  /**
+   * O_TRUNC as truncate(2) does it: size 0, mtime (and so ctime) now even when the file was empty, and a
+   * caller without CAP_FSETID (not root) loses setuid, and setgid where group execute is set.
+   */
+  private async truncateAtOpen(req: { uid: number }, ino: number, stream: FileStream): Promise<void> {
+    await stream.truncate(0);
+    const cur = await this.inode(ino, true);
+    const attrs: { mtime: number; mode?: number } = { mtime: Math.floor(Date.now() / 1000) };
+    const m = goModeToPosix(cur.mode);
+    const kill = req.uid !== 0 ? (m & 0o4000) | ((m & 0o2010) === 0o2010 ? 0o2000 : 0) : 0;
+    if (kill) {
+      const next = posixToGoMode(m & ~kill);
+      attrs.mode = hasCtimeFlag(cur.mode) ? withCtimeFlag(next) : next;
+    }
+    await this.meta.setattr(ino, attrs);
+    this.forgetCached(ino);
   }
 
   async create(req: Req<CreateReply>, a: CreateArgs): Promise<void> {
@@ -460,6 +553,7 @@ export class CubeFileSystem implements FuseOps {
   async write(req: Req<WriteReply>, a: WriteArgs): Promise<void> {
     const h = this.files.get(a.fh);
     if (!h) return req.err(E.EBADF);
+    if (!Number.isSafeInteger(a.offset + a.data.length)) return req.err(E.EFBIG);
     try {
       // a.data is a view of the FUSE receive buffer, valid until this request is answered. A large write (or a
       // sync or O_DIRECT one) resolves only once every replica has it, with no copy; a small buffered one may be
@@ -589,7 +683,9 @@ export class CubeFileSystem implements FuseOps {
       const slice = all.slice(a.offset, a.offset + 256);
       const infos = new Map<number, InodeInfo>();
       const want = slice.filter((d) => d.name !== '.' && d.name !== '..').map((d) => d.ino);
-      for (const info of want.length ? await this.meta.batchInodeGet(want) : []) infos.set(info.ino, info);
+      const got = want.length ? await this.meta.batchInodeGet(want) : [];
+      await this.learnCtimes(got);
+      for (const info of got) infos.set(info.ino, info);
       for (let i = 0; i < slice.length; i++) {
         const d = slice[i]!;
         const off = a.offset + i + 1;
@@ -639,6 +735,7 @@ export class CubeFileSystem implements FuseOps {
 
   async setxattr(req: Req<ErrReply>, a: SetxattrArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (a.name === CTIME_XATTR) return req.err(E.EPERM); // this client's own (ctime.ts)
     try {
       if (a.flags & (XATTR_CREATE | XATTR_REPLACE)) {
         const cur = await this.meta.getXAttr(a.ino, a.name);
@@ -647,6 +744,7 @@ export class CubeFileSystem implements FuseOps {
       }
       this.xattrCache.delete(`${a.ino}\0${a.name}`);
       await this.meta.setXAttr(a.ino, a.name, Buffer.from(a.value));
+      await this.touchCtime(a.ino);
       req.err(0);
     } catch (e) {
       fail(req, e, `setxattr ${a.ino} ${a.name}`);
@@ -664,6 +762,7 @@ export class CubeFileSystem implements FuseOps {
   }
 
   async getxattr(req: Req<XattrReply>, a: GetxattrArgs): Promise<void> {
+    if (a.name === CTIME_XATTR) return req.err(E.ENODATA);
     try {
       const v = await this.xattr(a.ino, a.name);
       if (v === null) return req.err(E.ENODATA);
@@ -677,7 +776,7 @@ export class CubeFileSystem implements FuseOps {
 
   async listxattr(req: Req<XattrReply>, a: ListxattrArgs): Promise<void> {
     try {
-      const names = await this.meta.listXAttr(a.ino);
+      const names = (await this.meta.listXAttr(a.ino)).filter((n) => n !== CTIME_XATTR);
       const buf = Buffer.from(names.map((n) => `${n}\0`).join(''));
       if (a.size === 0) return req.xattrSize(buf.length);
       if (buf.length > a.size) return req.err(E.ERANGE);
@@ -689,10 +788,12 @@ export class CubeFileSystem implements FuseOps {
 
   async removexattr(req: Req<ErrReply>, a: RemovexattrArgs): Promise<void> {
     if (this.ro(req)) return;
+    if (a.name === CTIME_XATTR) return req.err(E.ENODATA);
     try {
       if ((await this.meta.getXAttr(a.ino, a.name)) === null) return req.err(E.ENODATA);
       this.xattrCache.delete(`${a.ino}\0${a.name}`);
       await this.meta.removeXAttr(a.ino, a.name);
+      await this.touchCtime(a.ino);
       req.err(0);
     } catch (e) {
       fail(req, e, `removexattr ${a.ino} ${a.name}`);

@@ -180,6 +180,13 @@ export function devNumbers(rdev: number): { major: number; minor: number } {
   };
 }
 
+/** glibc's makedev(): the dev_t of a device number (what st_rdev holds). */
+export function makeDev(major: number, minor: number): number {
+  const lo = ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)) >>> 0;
+  const hi = ((major & 0xfffff000) | ((minor >>> 20) & 0xfff)) >>> 0;
+  return hi * 2 ** 32 + lo;
+}
+
 async function checkFuseDevice(): Promise<void> {
   let dev: fs.Stats;
   try {

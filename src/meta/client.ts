@@ -563,7 +563,7 @@ export class MetaClient {
    * TxCreate at the dst parent's partition, TxDeleteDentry + TxCreateDentry/TxUpdateDentry, TxCommit.
    * An overwritten inode gets UnlinkInode and is returned; the caller evicts it.
    */
-  async rename(srcPino: number, srcName: string, dstPino: number, dstName: string): Promise<{ overwritten: InodeInfo | null }> {
+  async rename(srcPino: number, srcName: string, dstPino: number, dstName: string): Promise<{ ino: number; overwritten: InodeInfo | null }> {
     const what = `rename ${srcPino}/${srcName} -> ${dstPino}/${dstName}`;
     const src = await this.lookup(srcPino, srcName);
     let dst: { ino: number; mode: number } | null = null;
@@ -572,7 +572,7 @@ export class MetaClient {
     } catch (e) {
       if (!(e instanceof CubeFSError && e.result === Result.NotExist)) throw e;
     }
-    if (dst && dst.ino === src.ino) return { overwritten: null };
+    if (dst && dst.ino === src.ino) return { ino: src.ino, overwritten: null };
     if (dst) {
       const srcDir = isGoDir(src.mode), dstDir = isGoDir(dst.mode);
       if (srcDir && !dstDir) throw posixError(E.ENOTDIR, what);
@@ -581,13 +581,25 @@ export class MetaClient {
     }
     if (this.transactions) await this.txRename(src, srcPino, srcName, dst, dstPino, dstName, what);
     else await this.plainRename(src, srcPino, srcName, dst, dstPino, dstName);
-    if (!dst) return { overwritten: null };
+    // The parents whose mtime upstream's metanode leaves behind: UpdateDentry (a name replaced) and the tx
+    // ops TxDeleteDentry / TxUpdateDentry touch no parent; DeleteDentry and (Tx)CreateDentry do.
+    const stale = new Set<number>();
+    if (this.transactions) stale.add(srcPino);
+    if (dst && (this.transactions || dstPino !== srcPino)) stale.add(dstPino);
+    await this.touchMtime([...stale]);
+    if (!dst) return { ino: src.ino, overwritten: null };
     try {
-      return { overwritten: await this.unlinkInode(dst.ino) };
+      return { ino: src.ino, overwritten: await this.unlinkInode(dst.ino) };
     } catch (e) {
-      if (e instanceof CubeFSError && e.result === Result.NotExist) return { overwritten: null };
+      if (e instanceof CubeFSError && e.result === Result.NotExist) return { ino: src.ino, overwritten: null };
       throw e;
     }
+  }
+
+  /** Parent directories' mtime to now (Setattr ModifyTime), best effort: the operation itself is done. */
+  private async touchMtime(inos: number[]): Promise<void> {
+    const mtime = Math.floor(Date.now() / 1000);
+    await Promise.all(inos.map((ino) => this.setattr(ino, { mtime }).catch((e: Error) => log('mtime of directory %d not set: %s', ino, e.message))));
   }
 
   private async plainRename(src: { ino: number; mode: number }, srcPino: number, srcName: string,

@@ -11,6 +11,7 @@ import { DataClient, type FileStream } from '../data/index.js';
 import { MasterClient } from '../master/client.js';
 import { Volume } from '../master/volume.js';
 import { MetaClient } from '../meta/client.js';
+import { hasCtimeFlag, withCtimeFlag } from '../meta/ctime.js';
 import { fromRfc3339, goModeToPosix, isGoDir, isGoSymlink, posixToGoMode, S_IFDIR, S_IFLNK, S_IFREG, type InodeInfo, type VolStat } from '../proto/index.js';
 import type { Pool } from '../pool/index.js';
 import { RdmaPath, type RdmaMode } from '../data/rdma.js';
@@ -285,7 +286,9 @@ export class CubeFSClient {
     const ino = await this.resolve(path);
     const info = await this.meta.inodeGet(ino);
     const fmt = goModeToPosix(info.mode) & 0o170000;
-    await this.meta.setattr(ino, { mode: posixToGoMode(fmt | (mode & 0o7777)) });
+    const next = posixToGoMode(fmt | (mode & 0o7777));
+    // A Setattr mode is the whole word: keep the mount's ctime flag (meta/ctime.ts).
+    await this.meta.setattr(ino, { mode: hasCtimeFlag(info.mode) ? withCtimeFlag(next) : next });
   }
 
   async chown(path: string, uid: number, gid: number): Promise<void> {
