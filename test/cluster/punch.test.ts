@@ -62,8 +62,8 @@ t.test('MarkDelete of tiny ranges punches holes: blocks go, size stays, the othe
   const file = store.file(1);
   const size = fs.statSync(file).size;
   const before = allocated(file);
-  // At least its blocks; the file system may hold a block more (ext4 preallocates now and then), which the
-  // deletes below do not touch: what they give back is compared exactly.
+  // At least its blocks; the file system may hold a block more (its own metadata), which the deletes below
+  // do not give back.
   const written = sizes.reduce((s, n) => s + alignUp(n), 0);
   t.ok(before >= written && before <= written + 64 * 1024, `every range takes its 4 KiB blocks (${before} bytes allocated for ${written})`);
 
@@ -71,7 +71,10 @@ t.test('MarkDelete of tiny ranges punches holes: blocks go, size stays, the othe
   for (const i of gone) await store.markDelete(1, ranges[i]!.off, ranges[i]!.data.length);
   const freed = gone.reduce((s, i) => s + alignUp(ranges[i]!.data.length), 0);
   const after = allocated(file);
-  t.equal(before - after, freed, `blocks shrink by what was deleted: ${before} -> ${after} bytes allocated (${freed} deleted)`);
+  // Exactly, but for one block: holes split the file's extents, and past four of them ext4 takes a block for
+  // its extent tree, which st_blocks counts too.
+  t.ok(before - after >= freed - 4096 && before - after <= freed,
+    `blocks shrink by what was deleted: ${before} -> ${after} bytes allocated (${freed} deleted)`);
   t.equal(fs.statSync(file).size, size, 'the extent keeps its size');
   t.equal(store.sizeOf(1), size, 'and so does the store');
   for (const [i, r] of ranges.entries()) {
