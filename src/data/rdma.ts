@@ -207,11 +207,13 @@ export class RdmaPath {
   }
 
   private toTcp(host: string, peer: Peer, msg: string): void {
+    // Several requests may have waited on the same failed connect: the datanode moves to TCP once.
+    const already = peer.tcpUntil > Date.now();
     peer.tcpUntil = Date.now() + FALLBACK_HOLD_MS;
     const c = peer.conn;
     peer.conn = null;
     c?.then((x) => x.close(), () => undefined);
-    this.counters.tcpFallbacks++;
+    if (!already) this.counters.tcpFallbacks++;
     if (!peer.said) {
       peer.said = true;
       this.warn(msg);
