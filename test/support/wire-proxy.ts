@@ -26,33 +26,24 @@ export interface RecordingProxy {
 let nextConn = 1;
 let nextSeq = 1;
 
-/** A proxy on `host` (port 0) in front of `target`, closed at the end of the test. */
-export async function recordingProxy(t: Test, host: string, target: string): Promise<RecordingProxy> {
-  const requests: Recorded[] = [];
-  let conns = 0;
+/**
+ * A TCP proxy on `host` (port 0) in front of `target`, closed at the end of the test: for each client
+ * connection `wire` gets the client's socket and one to the target, and decides what passes; either side
+ * closing or failing ends both.
+ */
+async function proxy(t: Test, host: string, target: string, wire: (client: net.Socket, upstream: net.Socket) => void): Promise<string> {
   const sockets = new Set<net.Socket>();
   const [th, tp] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   const server = net.createServer((client) => {
-    conns++;
-    const id = nextConn++;
-    const reader = new PacketReader();
     const upstream = net.connect(tp, th);
     sockets.add(client);
     sockets.add(upstream);
-    client.on('data', (d: Buffer) => {
-      try {
-        for (const p of reader.push(d)) requests.push({ conn: id, seq: nextSeq++, packet: { ...p, data: Buffer.from(p.data), arg: Buffer.from(p.arg) } });
-      } catch {
-        // not packets: still passed through
-      }
-      upstream.write(d);
-    });
-    upstream.on('data', (d: Buffer) => client.write(d));
     const end = (): void => { client.destroy(); upstream.destroy(); };
-    client.on('close', end);
-    upstream.on('close', end);
-    client.on('error', end);
-    upstream.on('error', end);
+    for (const s of [client, upstream]) {
+      s.on('close', end);
+      s.on('error', end);
+    }
+    wire(client, upstream);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -62,7 +53,27 @@ export async function recordingProxy(t: Test, host: string, target: string): Pro
     for (const s of sockets) s.destroy();
     return new Promise<void>((r) => server.close(() => r()));
   });
-  const addr = `${host}:${(server.address() as net.AddressInfo).port}`;
+  return `${host}:${(server.address() as net.AddressInfo).port}`;
+}
+
+/** A recording proxy on `host` (port 0) in front of `target`, closed at the end of the test. */
+export async function recordingProxy(t: Test, host: string, target: string): Promise<RecordingProxy> {
+  const requests: Recorded[] = [];
+  let conns = 0;
+  const addr = await proxy(t, host, target, (client, upstream) => {
+    conns++;
+    const id = nextConn++;
+    const reader = new PacketReader();
+    client.on('data', (d: Buffer) => {
+      try {
+        for (const p of reader.push(d)) requests.push({ conn: id, seq: nextSeq++, packet: { ...p, data: Buffer.from(p.data), arg: Buffer.from(p.arg) } });
+      } catch {
+        // not packets: still passed through
+      }
+      upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => client.write(d));
+  });
   return { addr, requests, get conns() { return conns; } };
 }
 
@@ -80,16 +91,11 @@ export interface DroppingProxy {
  * a request and then stopped answering). Closed at the end of the test.
  */
 export async function droppingProxy(t: Test, host: string, target: string, drop: (p: Packet) => boolean): Promise<DroppingProxy> {
-  const sockets = new Set<net.Socket>();
   const state = { dropped: 0, drop };
-  const [th, tp] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
-  const server = net.createServer((client) => {
+  const addr = await proxy(t, host, target, (client, upstream) => {
     const fromClient = new PacketReader();
     const fromServer = new PacketReader();
-    const swallow = new Set<bigint | number>();
-    const upstream = net.connect(tp, th);
-    sockets.add(client);
-    sockets.add(upstream);
+    const swallow = new Set<bigint>();
     client.on('data', (d: Buffer) => {
       for (const p of fromClient.push(d)) if (state.drop(p)) swallow.add(p.reqId);
       upstream.write(d);
@@ -100,21 +106,7 @@ export async function droppingProxy(t: Test, host: string, target: string, drop:
         else client.write(encodePacket(p));
       }
     });
-    const end = (): void => { client.destroy(); upstream.destroy(); };
-    for (const s of [client, upstream]) {
-      s.on('close', end);
-      s.on('error', end);
-    }
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, host, () => resolve());
-  });
-  t.teardown(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise<void>((r) => server.close(() => r()));
-  });
-  const addr = `${host}:${(server.address() as net.AddressInfo).port}`;
   return {
     addr,
     get dropped() { return state.dropped; },
