@@ -5,8 +5,9 @@
  * name list kept in Go byte order, so ReadDirLimit pages by binary search). Dentries live in the
  * partition that owns their parent inode, as upstream routes them.
  *
- * Durability, write-ahead: a mutation's effects (the new state of each inode or dentry it touched) go to
- * `meta.log` as one record, `CRC32-hex JSON\n`, with fs.writeSync BEFORE they are applied to the state, then a
+ * Durability, write-ahead: a mutation's effects (the new state of each inode or dentry it touched; for an
+ * added extent key, the inode without its list and the key, so a file of many extents costs the same per
+ * write) go to `meta.log` as one record, `CRC32-hex JSON\n`, with fs.writeSync BEFORE they are applied to the state, then a
  * group fdatasync that the reply waits for. A record that cannot be written whole (the disk is full, an I/O
  * error) is cut off the log again (ftruncate to where it began) and the mutation fails with StoreFull (the
  * metanode answers that request NoSpace) or the error: nothing changes, and later mutations go on once there
@@ -30,6 +31,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { crc32 } from '../proto/crc32.js';
+import { withExtent } from './extent-keys.js';
 import type { ExtentKey } from '../proto/types.js';
 import { CubeFSError, ErrorCode } from '../util/errors.js';
 import { makeDirs } from '../util/dirs.js';
@@ -157,6 +159,8 @@ export class MetaPartition {
 export type Effect =
   | { k: 'P'; id: number; vol: string; start: number; end: number; members: string[] }
   | { k: 'I'; p: number; v: InodeRec }
+  /** Inode `v` after MetaExtentsAdd recorded `ek`: logged without v.eks, replayed as withExtent(eks before, ek). */
+  | { k: 'X'; p: number; v: InodeRec; ek: ExtentKey }
   | { k: 'i'; p: number; ino: number }
   | { k: 'D'; p: number; pino: number; name: string; ino: number; type: number }
   | { k: 'd'; p: number; pino: number; name: string }
@@ -177,7 +181,8 @@ export class StoreFull extends Error {}
 
 /** A record as it is written: CRC-32 of the JSON in hex, a space, the JSON, a newline. */
 function record(effects: Effect[]): Buffer {
-  const json = JSON.stringify(effects);
+  const json = JSON.stringify(effects.some((e) => e.k === 'X')
+    ? effects.map((e) => (e.k === 'X' ? { ...e, v: { ...e.v, eks: undefined } } : e)) : effects);
   return Buffer.from(`${crc32(Buffer.from(json)).toString(16).padStart(8, '0')} ${json}\n`);
 }
 
@@ -321,6 +326,13 @@ export class MetaStore {
         const p = this.part(e.p);
         p.inodes.set(e.v.ino, e.v);
         if (e.v.ino > p.cursor && p.contains(e.v.ino)) p.cursor = e.v.ino;
+        return;
+      }
+      case 'X': {
+        const p = this.part(e.p);
+        // Live: the metanode's edited inode, list and all. Replayed: the list from the one before, plus ek.
+        const eks = e.v.eks ?? withExtent(p.inodes.get(e.v.ino)?.eks ?? [], e.ek).eks;
+        p.inodes.set(e.v.ino, { ...e.v, eks });
         return;
       }
       case 'i':

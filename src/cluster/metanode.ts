@@ -34,6 +34,7 @@ import { splitAddr } from '../transport/tcp.js';
 import { logger } from '../util/log.js';
 import { garbageKey, MetaPartition, MetaStore, StoreFull, type Effect, type InodeRec } from './meta-store.js';
 import { ExtentReclaimer, overlapsInExtent, releasedExtents } from './reclaimer.js';
+import { withExtent } from './extent-keys.js';
 import { isTinyExtent } from './extent-store.js';
 import type { DataPartitionView } from '../proto/types.js';
 
@@ -432,10 +433,8 @@ export class MetaNode {
     const ek = parseEk(b.ek);
     const dek = check && Array.isArray(b.dek) ? b.dek.map(parseEk) : [];
     if (ek.Size <= 0) throw new Reject(Result.ArgMismatch, 'extent key size must be positive');
-    const same = r.eks.some((k) => k.FileOffset === ek.FileOffset && k.PartitionId === ek.PartitionId && k.ExtentId === ek.ExtentId &&
-      k.ExtentOffset === ek.ExtentOffset && k.Size === ek.Size);
-    if (!same) {
-      const { eks, removed } = insertExtent(r.eks, ek);
+    const { eks, removed } = withExtent(r.eks, ek);
+    if (eks !== r.eks) {
       if (dek.length > 0) {
         const match = removed.length === dek.length && removed.every((k, i) => {
           const d = dek[i]!;
@@ -443,14 +442,16 @@ export class MetaNode {
         });
         if (!match) throw new Reject(Result.ConflictExtents, `inode ${r.ino}: discarded extents do not match the stored ones`);
       }
-      this.release(p, r.eks, eks, fx, ek);
+      // Only a key the new one covers whole can take its extent with it; clipped keys keep theirs.
+      this.release(p, removed, eks, fx, ek);
       r.eks = eks;
     }
     r.sz = Math.max(r.sz, ek.FileOffset + ek.Size);
     r.extentList = true;
     r.gen++;
     r.mt = now();
-    fx.push({ k: 'I', p: p.id, v: r });
+    // Logged as the key added, not the whole list: a file of many extents costs the same per write.
+    fx.push({ k: 'X', p: p.id, v: r, ek });
   }
 
   // --- dentries ---
@@ -717,26 +718,6 @@ function parseEk(v: unknown): ExtentKey {
 
 function wireEk(k: ExtentKey): ExtentKey {
   return { FileOffset: k.FileOffset, PartitionId: k.PartitionId, ExtentId: k.ExtentId, ExtentOffset: k.ExtentOffset, Size: k.Size, CRC: k.CRC, SnapInfo: null };
-}
-
-/**
- * Inserts `ek` into sorted, non-overlapping keys: keys it covers entirely are removed (and reported),
- * keys it covers in part are clipped or split around it, as upstream's SortedExtents does.
- */
-export function insertExtent(keys: ExtentKey[], ek: ExtentKey): { eks: ExtentKey[]; removed: ExtentKey[] } {
-  const s = ek.FileOffset, e = ek.FileOffset + ek.Size;
-  const out: ExtentKey[] = [];
-  const removed: ExtentKey[] = [];
-  for (const k of keys) {
-    const ks = k.FileOffset, ke = k.FileOffset + k.Size;
-    if (ke <= s || ks >= e) { out.push(k); continue; }
-    if (ks >= s && ke <= e) { removed.push(k); continue; }
-    if (ks < s) out.push({ ...k, Size: s - ks });
-    if (ke > e) out.push({ ...k, FileOffset: e, ExtentOffset: k.ExtentOffset + (e - ks), Size: ke - e });
-  }
-  out.push({ FileOffset: ek.FileOffset, PartitionId: ek.PartitionId, ExtentId: ek.ExtentId, ExtentOffset: ek.ExtentOffset, Size: ek.Size, CRC: ek.CRC });
-  out.sort((a, b) => a.FileOffset - b.FileOffset);
-  return { eks: out, removed };
 }
 
 function newInode(ino: number, mode: number, uid: number, gid: number, tgt: string | null, t: number): InodeRec {

@@ -217,6 +217,7 @@ export class ExtentReclaimer {
  * between files, so only the range goes).
  */
 export function releasedExtents(before: ExtentKey[], after: ExtentKey[]): ExtentKey[] {
+  if (before.length === 0) return [];
   const live = new Set(after.map((k) => `${k.PartitionId}/${k.ExtentId}`));
   const out: ExtentKey[] = [];
   const seen = new Set<string>();
