@@ -54,6 +54,8 @@ interface Layout {
   datanodes: string[];
   vol: string;
   owner: string;
+  /** The volume is not known to exist yet: written before createVol, dropped once it succeeded. */
+  volumePending?: boolean;
 }
 
 interface Running {
@@ -115,7 +117,7 @@ export class EmbeddedCluster {
     this.secret = ensureSecret(this.dir);
     const saved: Layout | null = fs.existsSync(this.layoutFile()) ? JSON.parse(fs.readFileSync(this.layoutFile(), 'utf8')) : null;
     if (!saved) {
-      // Said before anything starts: cluster.json, once written, means "the volume exists".
+      // Said before anything starts: a volume the master would refuse is not left pending in cluster.json.
       const bad = newVolumeProblem(this.opts.vol ?? 'cubefs', this.opts.owner ?? 'cubefs', this.opts.capacityGB ?? 100, this.opts.dataPartitions ?? 4);
       if (bad) throw new CubeFSError(ErrorCode.Invalid, `the cluster's volume: ${bad}`);
     }
@@ -126,27 +128,43 @@ export class EmbeddedCluster {
     for (let i = 0; i < 3; i++) datas.push(await this.startNode('datanode', i, at(saved?.datanodes[i])));
     const masterListen = saved?.master ?? `${host}:${this.opts.masterPort ?? 0}`;
     const master = await this.startNode('master', 0, masterListen, { metanodes: [meta], datanodes: datas });
+    const pending = !saved || saved.volumePending === true;
     this.layout = {
       host, master, metanode: meta, datanodes: datas,
       vol: saved?.vol ?? this.opts.vol ?? 'cubefs', owner: saved?.owner ?? this.opts.owner ?? 'cubefs',
     };
-    // 0600: it names the volume's owner, the credential /client/vol checks.
-    const tmp = this.layoutFile() + '.tmp';
-    fs.writeFileSync(tmp, JSON.stringify(this.layout, null, 2), { mode: 0o600 });
-    fs.chmodSync(tmp, 0o600);
-    fs.renameSync(tmp, this.layoutFile());
-    if (!saved) {
+    // The nodes' addresses are kept before the volume is made (the next start must find the same nodes);
+    // the volume is marked pending until createVol succeeded, so a start that failed in between makes it then.
+    if (pending) this.writeLayout({ ...this.layout, volumePending: true });
+    else this.writeLayout(this.layout);
+    if (pending) {
       const mc = new MasterClient(master, { adminSecret: this.secret });
       try {
-        await mc.createVolume(this.layout.vol, this.layout.owner, {
-          capacityGB: this.opts.capacityGB ?? 100,
-          replicaNum: 3,
-          ...(this.opts.dataPartitions !== undefined ? { dataPartitions: this.opts.dataPartitions } : {}),
-        });
+        // A start killed after the master had recorded the volume finds it there.
+        if (!saved || !(await volumeExists(mc, this.layout.vol))) {
+          await mc.createVolume(this.layout.vol, this.layout.owner, {
+            capacityGB: this.opts.capacityGB ?? 100,
+            replicaNum: 3,
+            ...(this.opts.dataPartitions !== undefined ? { dataPartitions: this.opts.dataPartitions } : {}),
+          });
+        }
+      } catch (e) {
+        throw new CubeFSError(ErrorCode.MasterError,
+          `creating volume "${this.layout.vol}" failed: ${(e as Error).message} (the next start of this cluster directory tries again)`,
+          { cause: e, ...(e instanceof CubeFSError && e.errno !== undefined ? { errno: e.errno } : {}) });
       } finally {
         mc.close();
       }
+      this.writeLayout(this.layout);
     }
+  }
+
+  /** DIR/cluster.json, replaced whole; 0600: it names the volume's owner, the credential /client/vol checks. */
+  private writeLayout(layout: Layout): void {
+    const tmp = this.layoutFile() + '.tmp';
+    fs.writeFileSync(tmp, JSON.stringify(layout, null, 2), { mode: 0o600 });
+    fs.chmodSync(tmp, 0o600);
+    fs.renameSync(tmp, this.layoutFile());
   }
 
   private nodeDir(role: Role, index: number): string {
@@ -275,5 +293,16 @@ export class EmbeddedCluster {
         clearTimeout(t);
       }
     }
+  }
+}
+
+/** Whether the master knows volume `name` (getVol: VolNotExists is no). */
+async function volumeExists(mc: MasterClient, name: string): Promise<boolean> {
+  try {
+    await mc.get('/admin/getVol', { name });
+    return true;
+  } catch (e) {
+    if (e instanceof CubeFSError && e.code === ErrorCode.VolNotExist) return false;
+    throw e;
   }
 }
