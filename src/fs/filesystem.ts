@@ -837,6 +837,8 @@ export class CubeFileSystem implements FuseOps {
       if (unrecorded.size > 0) {
         warn('fs', `unmount: the metanode did not answer for ${UNMOUNT_WAIT_MS / 1000} s; writes since the last fsync to inodes `
           + `${[...unrecorded].join(', ')} are not recorded and are lost`);
+        // Said here, once: the client's close neither waits for these streams again nor repeats it.
+        for (const h of handles) if (unrecorded.has(h.ino)) h.stream.shutdown();
       }
       if (unevicted.size > 0) {
         warn('fs', `unmount: inodes ${[...unevicted].join(', ')} (deleted while open) were not evicted; their space stays in use`);

@@ -319,6 +319,7 @@ time.sleep(600)`, `${at}/open-file`], { stdio: ['ignore', 'pipe', 'ignore'], env
   const code = await m.stop();
   t.equal(code, 0, 'the mount process ended by itself');
   t.match(m.output(), /inodes \d+ are not recorded and are lost/, 'saying which file\'s writes were lost');
+  t.equal(m.output().match(/are lost/g)?.length, 1, 'once');
   holder.kill('SIGKILL');
   process.kill(pid, 'SIGCONT');
 });
