@@ -23,7 +23,7 @@
  * Valid replies per op: CreateExtent Ok(ExtentID) | NotExist | DiskNoSpace | IntraGroupNet | Err;
  * Write/SyncWrite/RandomWrite/SyncRandomWrite Ok | NotExist | DiskNoSpace | IntraGroupNet | Err;
  * Read/StreamRead several Ok packets of <= 128 KiB (etype 0x01, koff 0) | NotExist | Err;
- * MarkDelete Ok | NotExist. Capacity is checked before anything is written or forwarded, so a
+ * MarkDelete Ok (no replica asked keeps it) | NotExist (a replica asked alone, without it). Capacity is checked before anything is written or forwarded, so a
  * DiskNoSpace never leaves a half-acknowledged write.
  *
  * RDMA (docs/rdma.md "Flows"): when the host has an RDMA device (rdmaDevices() non-empty, option rdma not
@@ -495,10 +495,14 @@ export class DataNode {
         return errReply(req, Result.ArgMismatch, 'MarkDelete: tiny extent key is not JSON');
       }
     }
-    if (!part.has(req.extentId)) return errReply(req, Result.NotExist, `extent ${req.extentId} does not exist`);
+    // Deletes are idempotent on every replica: a leader without the extent (deleted in an earlier try whose
+    // forward failed, a follower down then) still has the followers delete theirs, and a follower that has
+    // none counts as done. Otherwise a replica down during a delete would keep its copy for ever.
+    const here = part.has(req.extentId);
     const followers = leaderFollowers(req);
-    const local = part.markDelete(req.extentId, off, len);
-    if (followers.length > 0) await Promise.all([local, this.forward(followers, { ...req, arg: Buffer.alloc(0), remainingFollowers: 0 })]);
+    if (!here && followers.length === 0) return errReply(req, Result.NotExist, `extent ${req.extentId} does not exist`);
+    const local = here ? part.markDelete(req.extentId, off, len) : Promise.resolve();
+    if (followers.length > 0) await Promise.all([local, this.forward(followers, { ...req, arg: Buffer.alloc(0), remainingFollowers: 0 }, Result.NotExist)]);
     else await local;
     return newReply(req, Result.Ok);
   }
@@ -671,14 +675,17 @@ export class DataNode {
     checkForwards(followers, results);
   }
 
-  /** Send `fwd` to every follower; rejects naming the first follower that did not persist it. */
-  private async forward(followers: string[], fwd: Packet): Promise<void> {
+  /**
+   * Send `fwd` to every follower; rejects naming the first follower that did not persist it. `alsoOk`: a
+   * result that counts as done too (NotExist for a delete).
+   */
+  private async forward(followers: string[], fwd: Packet, alsoOk?: Result): Promise<void> {
     const pool = this.pool;
     if (!pool) throw new Error('datanode stopped');
     this.counters.forwarded += followers.length;
     const timeoutMs = this.opts.forwardTimeoutMs ?? 10_000;
     const results = await Promise.allSettled(followers.map((f) => pool.request(f, { ...fwd }, { timeoutMs })));
-    checkForwards(followers, results);
+    checkForwards(followers, results, alsoOk);
   }
 }
 
@@ -695,11 +702,11 @@ function poolBuffer(pool: Pool, size: number, waitMs: number): Promise<Buffer> |
 }
 
 /** Rejects naming the first follower that did not persist its copy. */
-function checkForwards(followers: string[], results: PromiseSettledResult<Packet>[]): void {
+function checkForwards(followers: string[], results: PromiseSettledResult<Packet>[], alsoOk?: Result): void {
   for (let i = 0; i < followers.length; i++) {
     const r = results[i]!;
     if (r.status === 'rejected') throw new FollowerError(followers[i]!, (r.reason as Error).message);
-    if (r.value.resultCode !== Result.Ok) {
+    if (r.value.resultCode !== Result.Ok && r.value.resultCode !== alsoOk) {
       const text = r.value.data.toString('utf8');
       if (r.value.resultCode === Result.DiskNoSpace) throw new NoSpace(`follower ${followers[i]}: ${text}`);
       throw new FollowerError(followers[i]!, `result 0x${r.value.resultCode.toString(16)} ${text}`);

@@ -13,8 +13,8 @@
  * not in the view yet waits for the next round.
  *
  * Orphans: a client killed after its data reached the datanodes but before the extent key was recorded
- * leaves an extent no inode names. Every `orphanScanMs` the scrubber asks each data partition's first host
- * for its normal extents (GetAllWatermarks) and files those no inode and no garbage entry names, and not
+ * leaves an extent no inode names. Every `orphanScanMs` the scrubber asks every replica of each data
+ * partition for its normal extents (GetAllWatermarks) and files those no inode and no garbage entry names, and not
  * written for `orphanGraceMs` (a live writer records its keys every few seconds: FileStream's
  * flushInterval), as garbage of the volume, so they go the same way as released extents, after the same
  * delay, and a key recorded meanwhile still takes them back. Only for a volume whose meta partitions are
@@ -118,18 +118,25 @@ export class ExtentReclaimer {
       const ids = this.metaPartitions.get(vol);
       const mine = [...this.store.partitions.values()].filter((p) => p.vol === vol);
       if (!ids || ids.length === 0 || !ids.every((id) => mine.some((p) => p.id === id))) continue;
-      const listed: { pid: number; id: number; mtimeMs: number }[] = [];
+      // Every replica's list: an extent may be left on a follower alone (its leader's copy deleted, or never
+      // made). Its newest write on any replica is what the grace is counted from.
+      const listed = new Map<string, { pid: number; id: number; mtimeMs: number }>();
       for (const view of views.values()) {
-        const host = view.Hosts[0];
-        if (!host) continue;
-        try {
-          const req = newPacket({ opcode: Op.GetAllWatermarks, partitionId: view.PartitionID, extentType: ExtentType.Normal, reqId: nextReqId() });
-          const reply = await this.pool.request(host, req, { timeoutMs: 10_000 });
-          if (reply.resultCode !== Result.Ok) throw new Error(`result 0x${reply.resultCode.toString(16)} ${reply.data.toString('utf8')}`);
-          const list = JSON.parse(reply.data.toString('utf8')) as { fileId: number; modTime: number }[];
-          for (const e of list) listed.push({ pid: view.PartitionID, id: Number(e.fileId), mtimeMs: Number(e.modTime) * 1000 });
-        } catch (e) {
-          log('orphan scan: extents of data partition %d on %s: %s', view.PartitionID, host, (e as Error).message);
+        for (const host of view.Hosts) {
+          try {
+            const req = newPacket({ opcode: Op.GetAllWatermarks, partitionId: view.PartitionID, extentType: ExtentType.Normal, reqId: nextReqId() });
+            const reply = await this.pool.request(host, req, { timeoutMs: 10_000 });
+            if (reply.resultCode !== Result.Ok) throw new Error(`result 0x${reply.resultCode.toString(16)} ${reply.data.toString('utf8')}`);
+            const list = JSON.parse(reply.data.toString('utf8')) as { fileId: number; modTime: number }[];
+            for (const e of list) {
+              const id = Number(e.fileId), mtimeMs = Number(e.modTime) * 1000;
+              const key = `${view.PartitionID}/${id}`;
+              const had = listed.get(key);
+              if (!had || had.mtimeMs < mtimeMs) listed.set(key, { pid: view.PartitionID, id, mtimeMs });
+            }
+          } catch (e) {
+            log('orphan scan: extents of data partition %d on %s: %s', view.PartitionID, host, (e as Error).message);
+          }
         }
       }
       // From here to the commit nothing awaits: what is referenced cannot change in between.
@@ -139,7 +146,7 @@ export class ExtentReclaimer {
         for (const k of p.garbage.values()) live.add(`${k.PartitionId}/${k.ExtentId}`);
       }
       const old = Date.now() - this.orphanGraceMs;
-      const found: ExtentKey[] = listed
+      const found: ExtentKey[] = [...listed.values()]
         .filter((e) => !isTinyExtent(e.id) && e.mtimeMs <= old && !live.has(`${e.pid}/${e.id}`))
         .map((e) => ({ FileOffset: 0, PartitionId: e.pid, ExtentId: e.id, ExtentOffset: 0, Size: 0, CRC: 0 }));
       if (found.length === 0) continue;
