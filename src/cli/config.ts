@@ -5,7 +5,7 @@
  * fuse.json uses upstream's client keys (proto/mount_options.go): masterAddr, mountPoint, volName, owner,
  * logDir, logLevel, attrValid and lookupValid (seconds, 0 or more; a negative number is refused), rdonly,
  * fsyncOnClose, writecache (FUSE writeback cache), followerRead, nearRead, enableXattr, subdir; and ours:
- * writeBehind (default true), flushInterval (seconds, default 5: how often a file being written has its extents
+ * writeBehind (default true), flushInterval (seconds, default 2: how often a file being written has its extents
  * recorded besides fsync and close),
  * rdma, rdmaPort, rdmaPoolMB. Upstream keys this client does not implement are warned about and ignored, as are keys nobody knows; `subdir` is refused (mounting a sub-directory is not supported yet).
  *
@@ -43,7 +43,7 @@ export interface MountSettings {
   followerRead?: boolean;
   /** With followerRead, the nearest replica first (upstream's nearRead). */
   nearRead?: boolean;
-  /** Seconds between recordings of a written file's extents while it stays open (ours; default 5, 0: at fsync and close only). */
+  /** Seconds between recordings of a written file's extents while it stays open (ours; default 2, 0: at fsync and close only). */
   flushInterval?: number;
   /** Options for the kernel mount (noatime, nosuid, ...). */
   fuseOptions: string[];

@@ -46,7 +46,7 @@ be) and the mount lives on in its own process, logging to LOGDIR/VOL.log (defaul
   followerRead  nearRead                    read from any replica (default: the partition's raft leader,
                                             or any replica if the volume has FollowerRead); nearest first
   flushInterval=SEC                         record a file's written extents at least this often while it
-                                            stays open (default 5; 0: only at fsync and close), which
+                                            stays open (default 2; 0: only at fsync and close), which
                                             bounds what a killed mount loses
   rdma=auto|on|off  rdmaPort=N|same         data path (as --rdma); the datanodes' RDMA port (default 17360;
   rdmaPoolMB=MB                             "same": their TCP port, as the embedded cluster); pool (256)

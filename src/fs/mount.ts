@@ -66,7 +66,7 @@ export interface MountConfig extends FsOptions {
   followerRead?: boolean;
   /** With followerRead, the nearest replica first (upstream's nearRead). */
   nearRead?: boolean;
-  /** How often a file being written has its extent keys recorded besides fsync and close, ms (default 5000; 0: never). */
+  /** How often a file being written has its extent keys recorded besides fsync and close, ms (default 2000; 0: never). */
   flushIntervalMs?: number;
 }
 

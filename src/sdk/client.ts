@@ -56,7 +56,7 @@ export interface ClientOptions {
   followerRead?: boolean;
   /** With follower read, the nearest replica first (upstream's nearRead). */
   nearRead?: boolean;
-  /** Extent keys of a file being written are recorded at least this often, ms (default 5000; 0: at flush only). */
+  /** Extent keys of a file being written are recorded at least this often, ms (default 2000; 0: at flush only). */
   flushIntervalMs?: number;
 }
 

@@ -209,7 +209,7 @@ for i in range(100000):
   await victim.stop();
 
   // Seen from the other mount: files finished more than 30 s before the kill (the recording runs every
-  // 5 s; 25 s of slack for a loaded machine) must be whole.
+  // 2 s; 28 s of slack for a loaded machine) must be whole.
   const files = written();
   const expect = (i: number): Buffer => Buffer.alloc(2 * MiB, Buffer.from(Array.from({ length: 251 }, (_, j) => (i * 7 + j) % 251)));
   let whole = 0, lost = 0;
@@ -303,7 +303,7 @@ t.test('unmount while the metanode is stopped: bounded, and it says which files 
   const { dir, cluster } = env;
   const at = path.join(dir, 'leaving');
   const m = await env.mount(at);
-  // A file written and still open: its key is not recorded yet (the recording comes after 5 s).
+  // A file written and still open: its key is not recorded yet (the recording comes after 2 s).
   const holder = spawn(PY, ['-u', '-c', `import os, sys, time
 fd = os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY, 0o644)
 os.write(fd, b'x' * 1000000)
