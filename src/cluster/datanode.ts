@@ -23,8 +23,8 @@
  * Valid replies per op: CreateExtent Ok(ExtentID) | NotExist | DiskNoSpace | IntraGroupNet | Err;
  * Write/SyncWrite/RandomWrite/SyncRandomWrite Ok | NotExist | DiskNoSpace | IntraGroupNet | Err;
  * Read/StreamRead several Ok packets of <= 128 KiB (etype 0x01, koff 0) | NotExist | Err;
- * MarkDelete Ok (no replica asked keeps it) | NotExist (a replica asked alone, without it). Capacity is checked before anything is written or forwarded, so a
- * DiskNoSpace never leaves a half-acknowledged write.
+ * MarkDelete Ok (no replica asked keeps it) | NotExist (a replica asked alone, without it). Capacity is
+ * checked before anything is written or forwarded, so a DiskNoSpace never leaves a half-acknowledged write.
  *
  * RDMA (docs/rdma.md "Flows"): when the host has an RDMA device (rdmaDevices() non-empty, option rdma not
  * 'off'), the node also listens for rdma_cm on the same host and the same port number as its TCP server (the

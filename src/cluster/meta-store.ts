@@ -7,11 +7,11 @@
  *
  * Durability, write-ahead: a mutation's effects (the new state of each inode or dentry it touched; for an
  * added extent key, the inode without its list and the key, so a file of many extents costs the same per
- * write) go to `meta.log` as one record, `CRC32-hex JSON\n`, with fs.writeSync BEFORE they are applied to the state, then a
- * group fdatasync that the reply waits for. A record that cannot be written whole (the disk is full, an I/O
- * error) is cut off the log again (ftruncate to where it began) and the mutation fails with StoreFull (the
- * metanode answers that request NoSpace) or the error: nothing changes, and later mutations go on once there
- * is room. A failed fdatasync leaves it unknown what is on disk: the store turns read-only (`broken`) and says
+ * write) go to `meta.log` as one record, `CRC32-hex JSON\n`, with fs.writeSync BEFORE they are applied to the
+ * state, then a group fdatasync that the reply waits for. A record that cannot be written whole (the disk is
+ * full, an I/O error) is cut off the log again (ftruncate to where it began) and the mutation fails with
+ * StoreFull (the metanode answers that request NoSpace) or the error: nothing changes, and later mutations go
+ * on once there is room. A failed fdatasync leaves it unknown what is on disk: the store turns read-only (`broken`) and says
  * so; a restart replays what the disk has.
  * Start replays `meta.snap` then `meta.log`. A torn record at the end of the log (a crash or a full disk in
  * mid-write: no newline, or a CRC that does not match) is cut off, with a warning; a damaged record with good

@@ -14,8 +14,8 @@
  *
  * Orphans: a client killed after its data reached the datanodes but before the extent key was recorded
  * leaves an extent no inode names. Every `orphanScanMs` the scrubber asks every replica of each data
- * partition for its normal extents (GetAllWatermarks) and files those no inode and no garbage entry names, and not
- * written for `orphanGraceMs` (a live writer records its keys every few seconds: FileStream's
+ * partition for its normal extents (GetAllWatermarks) and files those no inode and no garbage entry names,
+ * and not written for `orphanGraceMs` (a live writer records its keys every few seconds: FileStream's
  * flushInterval), as garbage of the volume, so they go the same way as released extents, after the same
  * delay, and a key recorded meanwhile still takes them back. Only for a volume whose meta partitions are
  * all on this metanode (the embedded cluster): a partial view would call every other partition's extents
