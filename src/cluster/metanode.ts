@@ -433,7 +433,7 @@ export class MetaNode {
     const ek = parseEk(b.ek);
     const dek = check && Array.isArray(b.dek) ? b.dek.map(parseEk) : [];
     if (ek.Size <= 0) throw new Reject(Result.ArgMismatch, 'extent key size must be positive');
-    const { eks, removed } = withExtent(r.eks, ek);
+    const { eks, removed, clipped } = withExtent(r.eks, ek);
     if (eks !== r.eks) {
       if (dek.length > 0) {
         const match = removed.length === dek.length && removed.every((k, i) => {
@@ -442,8 +442,8 @@ export class MetaNode {
         });
         if (!match) throw new Reject(Result.ConflictExtents, `inode ${r.ino}: discarded extents do not match the stored ones`);
       }
-      // Only a key the new one covers whole can take its extent with it; clipped keys keep theirs.
-      this.release(p, removed, eks, fx, ek);
+      // Only the keys it touched can lose anything: a normal extent no key names any more, a tiny range.
+      this.release(p, [...removed, ...clipped], eks, fx, ek);
       r.eks = eks;
     }
     r.sz = Math.max(r.sz, ek.FileOffset + ek.Size);

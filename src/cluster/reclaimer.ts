@@ -220,23 +220,49 @@ export class ExtentReclaimer {
 
 /**
  * The extents `before` refers to and `after` does not: each normal extent no key of `after` names (one key
- * for the whole extent), and each tiny-extent range no key of `after` overlaps (tiny extents are shared
- * between files, so only the range goes).
+ * for the whole extent), and each range of a tiny extent that a key of `before` covers and no key of `after`
+ * does (tiny extents are shared between files, so only ranges go: a key cut by a truncate gives back its
+ * tail, a key split by a write over its middle gives back the middle).
  */
 export function releasedExtents(before: ExtentKey[], after: ExtentKey[]): ExtentKey[] {
   if (before.length === 0) return [];
-  const live = new Set(after.map((k) => `${k.PartitionId}/${k.ExtentId}`));
+  const live = new Set<string>();
+  const tinyLive = new Map<string, { s: number; e: number }[]>();
+  for (const a of after) {
+    const id = `${a.PartitionId}/${a.ExtentId}`;
+    if (!isTinyExtent(a.ExtentId)) live.add(id);
+    else {
+      let l = tinyLive.get(id);
+      if (!l) tinyLive.set(id, (l = []));
+      l.push({ s: a.ExtentOffset, e: a.ExtentOffset + a.Size });
+    }
+  }
   const out: ExtentKey[] = [];
   const seen = new Set<string>();
   for (const k of before) {
     const id = `${k.PartitionId}/${k.ExtentId}`;
     if (isTinyExtent(k.ExtentId)) {
-      if (!after.some((a) => overlapsInExtent(a, k))) out.push({ ...k, FileOffset: 0 });
+      for (const r of uncovered(k.ExtentOffset, k.ExtentOffset + k.Size, tinyLive.get(id) ?? [])) {
+        out.push({ ...k, FileOffset: 0, ExtentOffset: r.s, Size: r.e - r.s });
+      }
     } else if (!live.has(id) && !seen.has(id)) {
       seen.add(id);
       out.push({ ...k, FileOffset: 0, ExtentOffset: 0, Size: 0 });
     }
   }
+  return out;
+}
+
+/** The parts of [s, e) that none of `ranges` covers, in order. */
+function uncovered(s: number, e: number, ranges: { s: number; e: number }[]): { s: number; e: number }[] {
+  const over = ranges.filter((r) => r.s < e && s < r.e).sort((a, b) => a.s - b.s);
+  const out: { s: number; e: number }[] = [];
+  let at = s;
+  for (const r of over) {
+    if (r.s > at) out.push({ s: at, e: r.s });
+    at = Math.max(at, r.e);
+  }
+  if (at < e) out.push({ s: at, e });
   return out;
 }
 

@@ -3,7 +3,8 @@
  * KEEP_SIZE), the extent store's MarkDelete of a tiny range on a real file system (blocks go, the size
  * stays, the other ranges read back intact, a live piece right after a released one keeps its bytes), the
  * fallback to zeros where holes cannot be punched (ramfs), and the whole path: small files deleted through
- * a client, the metanode's reclaimer, MarkDelete on the three datanodes.
+ * a client, or truncated shorter (the cut tails go), the metanode's reclaimer, MarkDelete on the three
+ * datanodes.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -105,12 +106,12 @@ t.test('a released piece of a split key: a live piece next to it in the same 4 K
   const got = await store.read(2, 0, 3000);
   t.ok(got.subarray(0, 100).equals(Buffer.alloc(100)), 'the released piece reads as zeros');
   t.ok(got.subarray(100).equals(data.subarray(100)), 'the bytes after it are untouched');
-  // The live piece goes later. The overwritten middle [100, 200) was never released (no key names it, and
-  // only whole keys are), so its old bytes keep the block: they are not known here to be dead.
+  // The live piece goes later. The overwritten middle [100, 200) is not released here (the metanode releases
+  // it as a range of its own), so its old bytes keep the block: they are not known here to be dead.
   await store.markDelete(2, 200, 2800);
   const left = await store.read(2, 0, 3000);
   t.ok(left.subarray(100, 200).equals(data.subarray(100, 200)) && left.subarray(200).equals(Buffer.alloc(2800)),
-    'the piece reads as zeros, the bytes never released stay');
+    'the piece reads as zeros, the bytes not released stay');
   t.equal(allocated(store.file(2)), TINY_ALIGN, 'and so does their block');
 
   // A write over an edge while it is checked and punched, either way round: the written bytes stay.
@@ -207,4 +208,25 @@ t.test('small files deleted through a client: their tiny-extent blocks go on all
     if (!(await fsc.readFile(f.name)).equals(f.data)) t.fail(`${f.name} reads back intact`);
   }
   t.pass('the files left read back intact');
+});
+
+t.test('small files truncated shorter: the cut tails\' tiny-extent blocks go on all three datanodes', async (t) => {
+  process.env.CUBEFS_RECLAIM_DELAY_MS = '200';
+  const c = await startCluster(t, { heartbeatMs: 200 });
+  const fsc = await connect(t, c);
+  const files = Array.from({ length: 40 }, (_, i) => ({ name: `/cut-${i}`, data: pattern(40_000 + ((i * 7919) % 60_000), i + 1), keep: 1000 + i * 37 }));
+  for (const f of files) await fsc.writeFile(f.name, f.data);
+  const want = files.reduce((s, f) => s + alignUp(f.data.length), 0);
+  t.ok(await until(() => tinyBlocks(c).every((b) => b >= want), 15_000), `each replica holds the files' ${want} bytes (${tinyBlocks(c).join(', ')})`);
+  const before = tinyBlocks(c);
+
+  for (const f of files) await fsc.truncate(f.name, f.keep);
+  // Each tail from the first whole block after the kept bytes: the kept bytes' last block stays.
+  const freed = files.reduce((s, f) => s + alignUp(f.data.length) - alignUp(f.keep), 0);
+  const ok = await until(() => tinyBlocks(c).every((b, i) => b <= before[i]! - freed), 20_000);
+  t.ok(ok, `each replica gives back the ${freed} bytes of the cut tails: ${before.join(', ')} -> ${tinyBlocks(c).join(', ')} bytes`);
+  for (const f of files) {
+    if (!(await fsc.readFile(f.name)).equals(f.data.subarray(0, f.keep))) t.fail(`${f.name} reads back its first ${f.keep} bytes`);
+  }
+  t.pass('the kept heads read back intact');
 });
