@@ -170,7 +170,10 @@ export class DataNode {
         const st = await ExtentStore.open(this.opts.dir, { VolName: '', PartitionID: Number(name), Hosts: [] }, false);
         this.parts.set(st.meta.PartitionID, st);
       } catch (e) {
-        warn('datanode', `${this.opts.dir}: data partition ${name} not loaded: ${(e as Error).message}`);
+        // A CreateDataPartition cut short before its meta.json (the master retries it): nothing to load.
+        const empty = (e as NodeJS.ErrnoException).code === 'ENOENT' && (await fsp.readdir(`${this.opts.dir}/${name}`).catch(() => ['?'])).length === 0;
+        if (empty) log('%s: data partition %s was never made whole (empty directory): skipped', this.opts.dir, name);
+        else warn('datanode', `${this.opts.dir}: data partition ${name} not loaded: ${(e as Error).message}`);
       }
     }
     await this.refreshCapacity();
