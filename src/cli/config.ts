@@ -105,7 +105,16 @@ export interface MountFlags {
   rdma?: string;
   /** Unknown -o options are warnings instead of errors (mount -s). */
   sloppy?: boolean;
+  /** The owner from the environment (OWNER_ENV): used when no flag, option or file names one. */
+  envOwner?: string;
 }
+
+/**
+ * The environment variable that may carry the volume's owner: unlike a command line, which every local user
+ * can read (`ps`), a process's environment is readable by its own user only. The background parent hands the
+ * owner to its child this way.
+ */
+export const OWNER_ENV = 'CUBEFS_OWNER';
 
 type Partial_ = Partial<Omit<MountSettings, 'masters' | 'fuseOptions'>> & { masters?: string[]; fuseOptions?: string[]; config?: string };
 
@@ -296,7 +305,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (flags.readOnly) fromFlags.readOnly = true;
   if (flags.rdma !== undefined) fromFlags.rdma = rdmaMode(flags.rdma, '--rdma');
 
-  const m: Partial_ = { ...fromFile };
+  const m: Partial_ = { ...(flags.envOwner ? { owner: flags.envOwner } : {}), ...fromFile };
   for (const layer of [fromO, fromFlags]) {
     for (const [k, v] of Object.entries(layer)) if (v !== undefined && k !== 'fuseOptions' && k !== 'config') (m as Record<string, unknown>)[k] = v;
   }
@@ -304,7 +313,7 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   if (!m.mountpoint) missing.push('a mountpoint (MOUNTPOINT or "mountPoint" in the config)');
   if (!m.masters) missing.push('--master HOST:PORT (or -o master=, "masterAddr")');
   if (!m.vol) missing.push('--vol NAME (or -o vol=, "volName")');
-  if (!m.owner) missing.push('--owner OWNER (or -o owner=, "owner")');
+  if (!m.owner) missing.push(`--owner OWNER (or -o owner=, "owner", ${OWNER_ENV})`);
   if (missing.length > 0) throw new CliError(`missing ${missing.join(', ')}; see cubefs-mount --help`, 2);
   if (!/^[A-Za-z0-9_.-]+$/.test(m.vol!)) throw new CliError(`volume name "${m.vol}" has characters a CubeFS volume name cannot have`, 2);
 
@@ -333,7 +342,10 @@ export function resolveSettings(flags: MountFlags, warn: (msg: string) => void):
   return s;
 }
 
-/** The command line that mounts exactly these settings (what the background parent hands its child). */
+/**
+ * The command line that mounts exactly these settings but the owner (what the background parent hands its
+ * child; the owner goes in OWNER_ENV, out of `ps`).
+ */
 export function settingsToArgv(s: MountSettings): string[] {
   const o: string[] = [];
   if (s.attrValid !== undefined) o.push(`attrValid=${s.attrValid}`);
@@ -349,7 +361,7 @@ export function settingsToArgv(s: MountSettings): string[] {
   if (s.rdmaPort !== undefined) o.push(`rdmaPort=${s.rdmaPort}`);
   if (s.rdmaPoolMB !== undefined) o.push(`rdmaPoolMB=${s.rdmaPoolMB}`);
   o.push(...s.fuseOptions);
-  const argv = [s.mountpoint, '--master', s.masters.join(','), '--vol', s.vol, '--owner', s.owner, '--log-dir', s.logDir];
+  const argv = [s.mountpoint, '--master', s.masters.join(','), '--vol', s.vol, '--log-dir', s.logDir];
   if (s.logLevel) argv.push('--log-level', s.logLevel);
   if (s.logFile) argv.push('--log-file', s.logFile);
   if (o.length > 0) argv.push('-o', o.join(','));

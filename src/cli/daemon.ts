@@ -36,10 +36,11 @@ export interface Daemon {
 }
 
 /**
- * Starts `node main.js ...args` detached, logging to `logFile` (its directory created), and resolves when it
- * says it is ready; rejects with its one-line failure otherwise. `what` names it in messages.
+ * Starts `node main.js ...args` detached (its environment: ours and `env`), logging to `logFile` (its directory
+ * created), and resolves when it says it is ready; rejects with its one-line failure otherwise. `what` names
+ * it in messages.
  */
-export async function spawnDaemon(args: string[], logFile: string, what: string, timeoutMs = 120_000): Promise<Daemon> {
+export async function spawnDaemon(args: string[], logFile: string, what: string, timeoutMs = 120_000, env: NodeJS.ProcessEnv = {}): Promise<Daemon> {
   const logDir = path.dirname(logFile);
   try {
     makeDirs(logDir);
@@ -59,7 +60,7 @@ export async function spawnDaemon(args: string[], logFile: string, what: string,
   }
   const start = fs.fstatSync(fd).size;
   const child = spawn(process.execPath, [MAIN_JS, ...args], {
-    detached: true, cwd: '/', stdio: ['ignore', fd, fd, 'ipc'], env: process.env,
+    detached: true, cwd: '/', stdio: ['ignore', fd, fd, 'ipc'], env: { ...process.env, ...env },
   });
   fs.closeSync(fd);
   const logSince = (): string => {

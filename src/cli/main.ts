@@ -10,7 +10,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { EmbeddedCluster } from '../cluster/launcher.js';
 import { MAX_CAPACITY_GB } from '../cluster/master.js';
-import { CliError, resolveSettings, type MountFlags } from './config.js';
+import { CliError, OWNER_ENV, resolveSettings, type MountFlags } from './config.js';
 import { hasParentChannel, notifyParent } from './daemon.js';
 import { DEMO_DIR, DEMO_MOUNTPOINT, demo } from './demo.js';
 import { oneLine, runBackground, runForeground, unmount } from './mount.js';
@@ -34,6 +34,7 @@ const MOUNT_HELP = `
 Mounts run in the background: the command returns once the volume is mounted (or prints why it could not
 be) and the mount lives on in its own process, logging to LOGDIR/VOL.log (default
 /var/log/cubefs-mount/VOL.log). -f keeps it in the foreground, logging to stderr; Ctrl-C or SIGTERM unmounts.
+The owner may come from the environment instead (CUBEFS_OWNER), out of sight of ps.
 
 -o options (comma-separated, as in fstab):
   master=H:P[;H:P]  vol=NAME  owner=OWNER   the volume (same as the flags; ';' between masters)
@@ -117,6 +118,7 @@ export function buildProgram(): Command {
       for (const k of ['master', 'vol', 'owner', 'config', 'logDir', 'logLevel', 'logFile', 'readOnly', 'sloppy', 'rdma'] as const) {
         if (o[k] !== undefined) (flags as Record<string, unknown>)[k] = o[k];
       }
+      if (process.env[OWNER_ENV]) flags.envOwner = process.env[OWNER_ENV];
       const s = resolveSettings(flags, warn);
       if (o.foreground) process.exitCode = await runForeground(s);
       else await runBackground(s);

@@ -22,7 +22,7 @@ import { mountVolume, type Mount } from '../fs/mount.js';
 import { mountedAt } from '../fuse/session.js';
 import { logger } from '../util/log.js';
 import { makeDirs } from '../util/dirs.js';
-import { CliError, debugNamespaces, logFileOf, settingsToArgv, type MountSettings } from './config.js';
+import { CliError, debugNamespaces, logFileOf, OWNER_ENV, settingsToArgv, type MountSettings } from './config.js';
 import { alive, hasParentChannel, notifyParent, spawnDaemon, waitGone } from './daemon.js';
 
 const log = logger('cli');
@@ -148,7 +148,8 @@ export async function runBackground(s: MountSettings, opts: { quiet?: boolean } 
   // The mountpoint errors a user makes most are cheap to catch here, before a process starts.
   checkMountpointShape(s.mountpoint);
   const logFile = logFileOf(s);
-  const d = await spawnDaemon([...settingsToArgv(s), '--foreground'], logFile, `the mount of ${s.vol} at ${s.mountpoint}`);
+  const d = await spawnDaemon([...settingsToArgv(s), '--foreground'], logFile, `the mount of ${s.vol} at ${s.mountpoint}`,
+    undefined, { [OWNER_ENV]: s.owner });
   const mp = typeof d.message.mountpoint === 'string' ? d.message.mountpoint : s.mountpoint;
   if (!opts.quiet) process.stdout.write(mountedMessage({ ...s, mountpoint: mp }, d.pid, logFile));
   return d.pid;

@@ -91,8 +91,11 @@ t.test('precedence: the file, then -o, then flags; the child argv round-trips', 
 
   const argv = settingsToArgv(s);
   const i = (k: string): string => argv[argv.indexOf(k) + 1]!;
-  const back = resolveSettings({ mountpoint: argv[0]!, master: i('--master'), vol: i('--vol'), owner: i('--owner'), logDir: i('--log-dir'), options: [i('-o')] }, quiet);
-  t.same(back, s, 'the argv the background parent hands its child means the same settings');
+  t.notOk(argv.includes(s.owner), 'the owner is not on that command line (ps shows it to every user)');
+  const back = resolveSettings({ mountpoint: argv[0]!, master: i('--master'), vol: i('--vol'), envOwner: s.owner, logDir: i('--log-dir'), options: [i('-o')] }, quiet);
+  t.same(back, s, 'the argv the background parent hands its child, with the owner in CUBEFS_OWNER, means the same settings');
+  t.equal(resolveSettings({ mountpoint: '/m', master: 'h:1', vol: 'v', envOwner: 'fromenv' }, quiet).owner, 'fromenv', 'CUBEFS_OWNER alone names the owner');
+  t.equal(resolveSettings({ mountpoint: '/m', master: 'h:1', vol: 'v', owner: 'flag', envOwner: 'fromenv' }, quiet).owner, 'flag', 'a flag wins over it');
 
   t.throws(() => resolveSettings({ options: [] }, quiet), /missing a mountpoint.*--master.*--vol.*--owner/, 'says everything that is missing');
   t.equal(debugNamespaces('debug'), 'cubefs:*', 'logLevel debug: every part');

@@ -50,6 +50,8 @@ t.test('background mount: returns once mounted, cp/cat through it, cubefs-mount 
   t.ok(alive(pid), 'the mount process lives on after the command returned');
   t.equal(mountedAt(mnt), 'fuse.cubefs', 'mounted as fuse.cubefs');
   t.ok(fs.existsSync(path.join(logDir, `${VOL}.log`)), 'logs to LOGDIR/VOL.log');
+  const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+  t.notOk(cmd.includes(OWNER), `the owner is not on the mount process's command line, which ps shows every user (${cmd})`);
 
   const src = path.join(dir, 'src.bin');
   const body = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7) & 0xff));
@@ -157,6 +159,7 @@ t.test('mount -t fuse.cubefs and an fstab line go through /sbin/mount.fuse.cubef
   fs.writeFileSync(path.join(mnt, 'via-mount.txt'), 'mount -t\n');
   t.equal(await readVolume('/via-mount.txt'), 'mount -t\n', 'writes reach the volume');
   const pid = pidOf(m.stdout);
+  t.notOk(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(OWNER), 'the owner from fstab is not on the mount process\'s command line');
   t.equal((await run('umount', [mnt])).code, 0, 'plain umount(8) unmounts it');
   t.ok(await until(() => !alive(pid)), 'and the mount process exits');
 
