@@ -175,6 +175,15 @@ t.test('mount -t fuse.cubefs and an fstab line go through /sbin/mount.fuse.cubef
   t.ok(alive(fstabPid), 'and leaves the mount as it was');
   t.equal((await cli(['umount', mnt])).code, 0, 'cubefs-mount umount');
 
+  // The owner kept out of fstab (which every user can read): the line names a fuse.json of mode 0600.
+  const conf = path.join(dir, 'vol.json');
+  fs.writeFileSync(conf, JSON.stringify({ owner: OWNER }), { mode: 0o600 });
+  fs.writeFileSync(fstab, `${VOL}  ${mnt}  fuse.cubefs  master=${MASTER},config=${conf},logDir=${logDir}  0 0\n`);
+  const c = await run('mount', ['--fstab', fstab, mnt]);
+  t.equal(c.code, 0, `an fstab line with config= instead of owner= mounts (${c.stderr.trim()})`);
+  t.equal(fs.readFileSync(path.join(mnt, 'via-mount.txt'), 'utf8'), 'mount -t\n', 'the same volume');
+  t.equal((await cli(['umount', mnt])).code, 0, 'cubefs-mount umount');
+
   const bad = await run('mount', ['-t', 'fuse.cubefs', VOL, mnt, '-o', `master=${MASTER},owner=intruder,logDir=${logDir}`]);
   t.not(bad.code, 0, 'a wrong owner fails the mount(8) call');
   t.match(bad.stderr, /"intruder" is not the owner/, 'with the reason');
