@@ -129,7 +129,7 @@ export async function runForeground(s: MountSettings): Promise<number> {
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const sig of signals) process.on(sig, onSignal);
 
-  process.stderr.write(stamp(`mounted volume ${s.vol} (owner ${s.owner}, master ${s.masters.join(',')}) at ${mp}`));
+  process.stderr.write(stamp(`mounted volume ${s.vol} (master ${s.masters.join(',')}) at ${mp}`));
   if (background) await notifyParent({ ready: true, pid: process.pid, mountpoint: mp, log: logFile });
   else process.stdout.write(mountedMessage({ ...s, mountpoint: mp }, process.pid, null) + '  serving in the foreground: Ctrl-C unmounts\n');
 
