@@ -135,8 +135,7 @@ export class EmbeddedCluster {
     };
     // The nodes' addresses are kept before the volume is made (the next start must find the same nodes);
     // the volume is marked pending until createVol succeeded, so a start that failed in between makes it then.
-    if (pending) this.writeLayout({ ...this.layout, volumePending: true });
-    else this.writeLayout(this.layout);
+    this.writeLayout(pending ? { ...this.layout, volumePending: true } : this.layout);
     if (pending) {
       const mc = new MasterClient(master, { adminSecret: this.secret });
       try {

@@ -331,8 +331,7 @@ export class MetaStore {
       case 'X': {
         const p = this.part(e.p);
         // Live: the metanode's edited inode, list and all. Replayed: the list from the one before, plus ek.
-        const eks = e.v.eks ?? withExtent(p.inodes.get(e.v.ino)?.eks ?? [], e.ek).eks;
-        p.inodes.set(e.v.ino, { ...e.v, eks });
+        p.inodes.set(e.v.ino, e.v.eks ? e.v : { ...e.v, eks: withExtent(p.inodes.get(e.v.ino)?.eks ?? [], e.ek).eks });
         return;
       }
       case 'i':
